@@ -1,0 +1,1 @@
+//! Per-call state machine (placeholder).

@@ -1,0 +1,1 @@
+//! audiosocket: placeholder until its owner lands it.

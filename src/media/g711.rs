@@ -1,0 +1,1 @@
+//! g711: placeholder until its owner lands it.

@@ -1,0 +1,1 @@
+//! jitter: placeholder until its owner lands it.

@@ -1,0 +1,1 @@
+//! playout: placeholder until its owner lands it.

@@ -1,0 +1,1 @@
+//! resample: placeholder until its owner lands it.

@@ -1,0 +1,1 @@
+//! vad: placeholder until its owner lands it.
