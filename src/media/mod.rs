@@ -5,10 +5,12 @@
 //! a pure function or a state machine that is handed its inputs (bytes, samples, a
 //! time in milliseconds) and returns what to do.
 //!
+//! `unsafe` is denied here; only `resample.rs` allows it, for its SIMD kernels.
+//!
 //! Must not: open sockets, read the clock, spawn threads, use tokio, or allocate on
 //! the per-frame path once warmed up (buffers are passed in by the caller).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod audiosocket;
 pub mod g711;

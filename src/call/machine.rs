@@ -1,0 +1,444 @@
+//! The per-call state machine: caller audio to the provider, provider audio paced
+//! back to the caller, barge-in, all driven by inputs and polled for outputs.
+//!
+//! Owns: one call's media pipeline, built from `media/` parts: decode, jitter buffer
+//! (RTP), barge-in detector, resamplers both ways, playout, encode; the 20 ms pacing
+//! schedule (`WakeAt`); the call's counters.
+//!
+//! Must not: read the clock (every input carries its time in ms on the caller's
+//! monotonic clock), touch sockets or the provider connection, or allocate after
+//! `Call::new` (buffers are fixed at construction; outputs borrow them).
+//!
+//! Use: feed `handle_input`, then call `poll_output` until it returns `None`, doing
+//! what each output says before polling again.
+
+#![forbid(unsafe_code)]
+
+use thiserror::Error;
+
+use super::codec::Codec;
+use crate::media::jitter::{JitterBuffer, JitterStats};
+use crate::media::playout::{FlushReport, Playout, PlayoutConfig, PlayoutStats, TickOutcome};
+use crate::media::resample::Resampler;
+use crate::media::vad::{BargeInDetector, VadConfig, VadEvent, VadStats};
+use crate::media::FRAME_MS;
+
+/// Largest PCM block handled in one step, in samples (20 ms at 48 kHz).
+const MAX_BLOCK: usize = 960;
+/// Room for resampled output of one block (upsampling 8 -> 48 kHz is x6 of 160).
+const MAX_RESAMPLED: usize = 2 * MAX_BLOCK + 16;
+/// Caller frames that may wait for `poll_output` on the way to the provider.
+const PROVIDER_QUEUE_FRAMES: usize = 16;
+/// A tick this late (ms) resets the schedule instead of bursting to catch up.
+const MAX_TICK_LAG_MS: u64 = 100;
+
+/// What a call is built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallConfig {
+    /// Encoding on the Asterisk side.
+    pub caller: Codec,
+    /// Encoding on the provider side.
+    pub provider: Codec,
+    /// Outbound playout knobs.
+    pub playout: PlayoutConfig,
+    /// Barge-in knobs.
+    pub vad: VadConfig,
+    /// How long the RTP jitter buffer holds a gap open.
+    pub jitter_depth_ms: u32,
+}
+
+/// Everything that can happen to a call.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// Caller audio in order (AudioSocket): any whole number of samples.
+    CallerAudio {
+        /// Arrival time, ms.
+        at_ms: u64,
+        /// Payload in the caller codec.
+        payload: &'a [u8],
+    },
+    /// Caller audio from RTP: one 20 ms frame with its extended sequence number.
+    CallerRtp {
+        /// Arrival time, ms.
+        at_ms: u64,
+        /// Extended (64-bit) RTP sequence number.
+        seq: u64,
+        /// Payload in the caller codec.
+        payload: &'a [u8],
+    },
+    /// Agent audio from the provider, in the provider codec, any length. Only part of
+    /// it may be taken when the playout queue is full: see `handle_input`'s return.
+    ProviderAudio {
+        /// Payload in the provider codec.
+        payload: &'a [u8],
+    },
+    /// The provider finished the current utterance's audio.
+    ProviderAudioDone,
+    /// The provider heard the caller start talking (server-side VAD).
+    ProviderSpeechStarted {
+        /// When the event was received, ms.
+        at_ms: u64,
+    },
+    /// The pacing timer fired.
+    Tick {
+        /// Now, ms.
+        at_ms: u64,
+    },
+}
+
+/// Who noticed the barge-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BargeInSource {
+    /// voxd's own energy detector.
+    Local,
+    /// The provider's speech-started event.
+    Provider,
+}
+
+/// What the caller of the state machine must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output<'a> {
+    /// Write this frame to Asterisk (one per tick, agent audio or silence).
+    SendToCaller {
+        /// Payload in the caller codec.
+        payload: &'a [u8],
+        /// First frame of a talk spurt (RTP marker bit).
+        marker: bool,
+    },
+    /// Write this audio to the provider (in the provider codec).
+    SendToProvider(&'a [u8]),
+    /// The agent's audio was cut: tell the provider (cancel / truncate at
+    /// `played_ms`).
+    BargeIn {
+        /// Milliseconds of the interrupted utterance the caller heard.
+        played_ms: u32,
+        /// Who noticed.
+        source: BargeInSource,
+    },
+    /// Call `Tick` at this time (ms).
+    WakeAt(u64),
+}
+
+/// Bad input for this call; classified by who is at fault.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CallError {
+    /// Asterisk sent slin audio with an odd number of bytes.
+    #[error("caller audio has an odd byte count ({0}) for 16-bit slin (Asterisk peer fault)")]
+    OddCallerPayload(usize),
+    /// Asterisk sent an empty audio payload.
+    #[error("caller audio payload is empty (Asterisk peer fault)")]
+    EmptyCallerPayload,
+}
+
+/// Counters of the whole call (the engine sums them per shard).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Frames sent to the caller (audio and silence).
+    pub frames_to_caller: u64,
+    /// Caller frames (or blocks) sent to the provider.
+    pub frames_to_provider: u64,
+    /// Provider-bound bytes dropped because nobody polled them (engine bug guard).
+    pub provider_bytes_dropped: u64,
+    /// Ticks so late that the schedule was reset.
+    pub late_ticks: u64,
+    /// Barge-ins from the local detector.
+    pub local_barge_ins: u64,
+    /// Barge-ins from the provider.
+    pub provider_barge_ins: u64,
+    /// Playout counters.
+    pub playout: PlayoutStats,
+    /// Jitter buffer counters (RTP calls).
+    pub jitter: JitterStats,
+    /// Detector counters.
+    pub vad: VadStats,
+}
+
+/// One call's media state machine.
+#[derive(Debug)]
+pub struct Call {
+    cfg: CallConfig,
+    jitter: JitterBuffer,
+    vad: BargeInDetector,
+    up: Resampler,
+    down: Resampler,
+    playout: Playout,
+    // Scratch and output buffers, fixed at construction.
+    caller_pcm: Box<[i16]>,
+    resampled: Box<[i16]>,
+    provider_pcm: Box<[i16]>,
+    to_provider: Box<[u8]>,
+    to_provider_len: usize,
+    tick_pcm: Box<[i16]>,
+    to_caller: Box<[u8]>,
+    caller_pending: Option<bool>,
+    barge_in: Option<(u32, BargeInSource)>,
+    wake: Option<u64>,
+    next_tick: u64,
+    odd_byte: Option<u8>,
+    stats: CallStats,
+}
+
+impl Call {
+    /// A call starting at `now_ms`; its first output is `WakeAt(now_ms)`.
+    pub fn new(cfg: CallConfig, now_ms: u64) -> Self {
+        let caller_rate = cfg.caller.rate();
+        let provider_rate = cfg.provider.rate();
+        let caller_frame = caller_rate.samples_per_frame();
+        Call {
+            cfg,
+            jitter: JitterBuffer::new(caller_frame, cfg.jitter_depth_ms),
+            vad: BargeInDetector::new(cfg.vad),
+            up: Resampler::new(caller_rate, provider_rate),
+            down: Resampler::new(provider_rate, caller_rate),
+            playout: Playout::new(cfg.playout, caller_rate.samples_per_ms()),
+            caller_pcm: vec![0; MAX_BLOCK].into_boxed_slice(),
+            resampled: vec![0; MAX_RESAMPLED].into_boxed_slice(),
+            provider_pcm: vec![0; MAX_BLOCK].into_boxed_slice(),
+            to_provider: vec![0; PROVIDER_QUEUE_FRAMES * cfg.provider.frame_bytes() * 2]
+                .into_boxed_slice(),
+            to_provider_len: 0,
+            tick_pcm: vec![0; caller_frame].into_boxed_slice(),
+            to_caller: vec![0; cfg.caller.frame_bytes()].into_boxed_slice(),
+            caller_pending: None,
+            barge_in: None,
+            wake: Some(now_ms),
+            next_tick: now_ms,
+            odd_byte: None,
+            stats: CallStats::default(),
+        }
+    }
+
+    /// The configuration the call was built with.
+    pub fn config(&self) -> &CallConfig {
+        &self.cfg
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> CallStats {
+        CallStats {
+            playout: self.playout.stats(),
+            jitter: self.jitter.stats(),
+            vad: self.vad.stats(),
+            ..self.stats
+        }
+    }
+
+    /// Queued agent audio, ms.
+    pub fn playout_depth_ms(&self) -> u32 {
+        self.playout.depth_ms()
+    }
+
+    /// RTP jitter buffer depth, ms.
+    pub fn jitter_depth_ms(&self) -> u32 {
+        self.jitter.depth_ms()
+    }
+
+    /// True while the agent is speaking (an utterance is queued or playing).
+    pub fn agent_speaking(&self) -> bool {
+        self.playout.is_active()
+    }
+
+    /// Handle one input. Returns the number of payload bytes taken: all of them,
+    /// except for `ProviderAudio` when the playout queue is full, in which case the
+    /// caller keeps the rest and offers it again after the next tick.
+    pub fn handle_input(&mut self, input: Input<'_>) -> Result<usize, CallError> {
+        match input {
+            Input::CallerAudio { at_ms, payload } => {
+                self.caller_audio(at_ms, payload)?;
+                Ok(payload.len())
+            }
+            Input::CallerRtp { at_ms, seq, payload } => {
+                let n = payload.len() / self.cfg.caller.bytes_per_sample();
+                if payload.is_empty() || n > MAX_BLOCK {
+                    // Counted as a wrong-size frame by the jitter buffer.
+                    self.jitter.push(at_ms, seq, &[]);
+                    return Ok(payload.len());
+                }
+                let got = self.cfg.caller.decode(payload, &mut self.caller_pcm[..n]);
+                self.jitter.push(at_ms, seq, &self.caller_pcm[..got]);
+                self.drain_jitter(at_ms);
+                Ok(payload.len())
+            }
+            Input::ProviderAudio { payload } => Ok(self.provider_audio(payload)),
+            Input::ProviderAudioDone => {
+                self.playout.mark_end();
+                Ok(0)
+            }
+            Input::ProviderSpeechStarted { .. } => {
+                let r = self.flush();
+                if r.was_active {
+                    self.stats.provider_barge_ins += 1;
+                    self.barge_in = Some((r.played_ms, BargeInSource::Provider));
+                }
+                Ok(0)
+            }
+            Input::Tick { at_ms } => {
+                self.tick(at_ms);
+                Ok(0)
+            }
+        }
+    }
+
+    /// The next thing to do, or `None` when there is nothing until the next input.
+    /// The returned slice lives until the next call on this `Call`.
+    pub fn poll_output(&mut self) -> Option<Output<'_>> {
+        if let Some((played_ms, source)) = self.barge_in.take() {
+            return Some(Output::BargeIn { played_ms, source });
+        }
+        if self.to_provider_len > 0 {
+            let n = std::mem::take(&mut self.to_provider_len);
+            return Some(Output::SendToProvider(&self.to_provider[..n]));
+        }
+        if let Some(marker) = self.caller_pending.take() {
+            return Some(Output::SendToCaller { payload: &self.to_caller[..], marker });
+        }
+        self.wake.take().map(Output::WakeAt)
+    }
+
+    fn flush(&mut self) -> FlushReport {
+        let r = self.playout.flush();
+        self.down.reset();
+        self.odd_byte = None;
+        r
+    }
+
+    fn caller_audio(&mut self, at_ms: u64, payload: &[u8]) -> Result<(), CallError> {
+        let bps = self.cfg.caller.bytes_per_sample();
+        if payload.is_empty() {
+            return Err(CallError::EmptyCallerPayload);
+        }
+        if payload.len() % bps != 0 {
+            return Err(CallError::OddCallerPayload(payload.len()));
+        }
+        let block = self.cfg.caller.frame_bytes().min(MAX_BLOCK * bps);
+        let mut t = at_ms;
+        for chunk in payload.chunks(block) {
+            let n = self.cfg.caller.decode(chunk, &mut self.caller_pcm);
+            self.caller_block(t, Some(chunk), n);
+            t += (n / self.cfg.caller.rate().samples_per_ms().max(1)) as u64;
+        }
+        Ok(())
+    }
+
+    fn drain_jitter(&mut self, now_ms: u64) {
+        let frame = self.jitter.frame_samples();
+        while self.jitter.pop_ready(now_ms, &mut self.caller_pcm[..frame]).is_some() {
+            // The jitter buffer holds samples, so the provider side is re-encoded
+            // from PCM (no byte passthrough on this path).
+            self.caller_block(now_ms, None, frame);
+        }
+    }
+
+    /// One block of decoded caller audio in `caller_pcm[..n]`; `raw` is its wire bytes
+    /// when they can be passed through to a provider using the same codec.
+    fn caller_block(&mut self, at_ms: u64, raw: Option<&[u8]>, n: usize) {
+        let ms = (n / self.cfg.caller.rate().samples_per_ms().max(1)) as u32;
+        let speaking = self.playout.is_active();
+        if self.vad.feed(at_ms, &self.caller_pcm[..n], ms.max(1), speaking) == VadEvent::BargeIn {
+            let r = self.flush();
+            if r.was_active {
+                self.stats.local_barge_ins += 1;
+                self.barge_in = Some((r.played_ms, BargeInSource::Local));
+            }
+        }
+        match raw {
+            Some(raw) if self.cfg.caller == self.cfg.provider => self.queue_to_provider_bytes(raw),
+            _ => self.queue_to_provider_pcm(n),
+        }
+    }
+
+    fn queue_to_provider_bytes(&mut self, raw: &[u8]) {
+        let room = self.to_provider.len() - self.to_provider_len;
+        if raw.len() > room {
+            self.stats.provider_bytes_dropped += raw.len() as u64;
+            return;
+        }
+        self.to_provider[self.to_provider_len..self.to_provider_len + raw.len()]
+            .copy_from_slice(raw);
+        self.to_provider_len += raw.len();
+        self.stats.frames_to_provider += 1;
+    }
+
+    fn queue_to_provider_pcm(&mut self, n: usize) {
+        let out_n = self.up.output_len(n).min(self.resampled.len());
+        let got = self
+            .up
+            .process(&self.caller_pcm[..n], &mut self.resampled[..out_n])
+            .unwrap_or(0);
+        let bytes = got * self.cfg.provider.bytes_per_sample();
+        let room = self.to_provider.len() - self.to_provider_len;
+        if bytes > room {
+            self.stats.provider_bytes_dropped += bytes as u64;
+            return;
+        }
+        let start = self.to_provider_len;
+        let w = self
+            .cfg
+            .provider
+            .encode(&self.resampled[..got], &mut self.to_provider[start..start + bytes]);
+        self.to_provider_len += w;
+        self.stats.frames_to_provider += 1;
+    }
+
+    fn provider_audio(&mut self, payload: &[u8]) -> usize {
+        let codec = self.cfg.provider;
+        let bps = codec.bytes_per_sample();
+        let mut taken = 0;
+        let mut rest = payload;
+        // A slin byte left over from the previous chunk completes a sample first.
+        if let (Some(lo), Some(&hi)) = (self.odd_byte, rest.first()) {
+            let s = i16::from_le_bytes([lo, hi]);
+            let out_n = self.down.output_len(1);
+            if self.playout.free_samples() < out_n {
+                return 0;
+            }
+            let got = self.down.process(&[s], &mut self.resampled[..out_n]).unwrap_or(0);
+            self.playout.push(&self.resampled[..got]);
+            self.odd_byte = None;
+            rest = &rest[1..];
+            taken += 1;
+        }
+        let block_bytes = codec.frame_bytes().min(MAX_BLOCK * bps);
+        while rest.len() >= bps {
+            let len = (rest.len() - rest.len() % bps).min(block_bytes);
+            let n = len / bps;
+            let out_n = self.down.output_len(n);
+            if out_n > self.resampled.len() || self.playout.free_samples() < out_n {
+                return taken;
+            }
+            let d = codec.decode(&rest[..len], &mut self.provider_pcm[..n]);
+            let got = self
+                .down
+                .process(&self.provider_pcm[..d], &mut self.resampled[..out_n])
+                .unwrap_or(0);
+            self.playout.push(&self.resampled[..got]);
+            rest = &rest[len..];
+            taken += len;
+        }
+        if rest.len() == 1 && bps == 2 {
+            self.odd_byte = Some(rest[0]);
+            taken += 1;
+        }
+        taken
+    }
+
+    fn tick(&mut self, at_ms: u64) {
+        if at_ms < self.next_tick {
+            // Early (spurious) wake-up: just ask again for the right time.
+            self.wake = Some(self.next_tick);
+            return;
+        }
+        if at_ms >= self.next_tick + MAX_TICK_LAG_MS {
+            self.stats.late_ticks += 1;
+            self.next_tick = at_ms;
+        }
+        self.next_tick += u64::from(FRAME_MS);
+        self.drain_jitter(at_ms);
+        let outcome = self.playout.tick(at_ms, &mut self.tick_pcm);
+        let marker = matches!(outcome, TickOutcome::Audio { first: true });
+        self.cfg.caller.encode(&self.tick_pcm, &mut self.to_caller);
+        self.caller_pending = Some(marker);
+        self.stats.frames_to_caller += 1;
+        self.wake = Some(self.next_tick);
+    }
+}
