@@ -12,7 +12,9 @@ use voxd::media::vad::VadConfig;
 use voxd::media::Rate;
 
 fn tone(n: usize, freq: f64, amp: f64, rate: f64) -> Vec<i16> {
-    (0..n).map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate).sin()) as i16).collect()
+    (0..n)
+        .map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate).sin()) as i16)
+        .collect()
 }
 
 fn encode(s: &[i16], c: Codec) -> Vec<u8> {
@@ -55,19 +57,47 @@ fn bench_step(c: &mut Criterion, name: &str, caller: Codec, provider: Codec, rtp
         vad: VadConfig::default(),
         jitter_depth_ms: 60,
     };
-    let caller_frame = encode(&tone(caller.rate().samples_per_frame(), 300.0, 400.0, f64::from(caller.rate().hz())), caller);
-    let agent_frame = encode(&tone(provider.rate().samples_per_frame(), 1000.0, 8000.0, f64::from(provider.rate().hz())), provider);
+    let caller_frame = encode(
+        &tone(
+            caller.rate().samples_per_frame(),
+            300.0,
+            400.0,
+            f64::from(caller.rate().hz()),
+        ),
+        caller,
+    );
+    let agent_frame = encode(
+        &tone(
+            provider.rate().samples_per_frame(),
+            1000.0,
+            8000.0,
+            f64::from(provider.rate().hz()),
+        ),
+        provider,
+    );
     c.bench_function(&format!("call step/{name}"), |b| {
         let mut call = Call::new(cfg, 0);
         let mut i = 0u64;
         b.iter(|| {
             let t = i * 20;
             if rtp {
-                call.handle_input(Input::CallerRtp { at_ms: t, seq: i, payload: &caller_frame }).unwrap();
+                call.handle_input(Input::CallerRtp {
+                    at_ms: t,
+                    seq: i,
+                    payload: &caller_frame,
+                })
+                .unwrap();
             } else {
-                call.handle_input(Input::CallerAudio { at_ms: t, payload: &caller_frame }).unwrap();
+                call.handle_input(Input::CallerAudio {
+                    at_ms: t,
+                    payload: &caller_frame,
+                })
+                .unwrap();
             }
-            call.handle_input(Input::ProviderAudio { payload: &agent_frame }).unwrap();
+            call.handle_input(Input::ProviderAudio {
+                payload: &agent_frame,
+            })
+            .unwrap();
             call.handle_input(Input::Tick { at_ms: t }).unwrap();
             while let Some(o) = call.poll_output() {
                 match o {
@@ -89,9 +119,27 @@ fn bench_step(c: &mut Criterion, name: &str, caller: Codec, provider: Codec, rtp
 
 fn bench_calls(c: &mut Criterion) {
     bench_step(c, "rtp pcmu <-> pcmu", Codec::Pcmu, Codec::Pcmu, true);
-    bench_step(c, "rtp pcmu <-> pcm24k", Codec::Pcmu, Codec::Slin(Rate::Hz24000), true);
-    bench_step(c, "audiosocket slin16 <-> pcm24k", Codec::Slin(Rate::Hz16000), Codec::Slin(Rate::Hz24000), false);
-    bench_step(c, "audiosocket slin8 <-> pcmu", Codec::Slin(Rate::Hz8000), Codec::Pcmu, false);
+    bench_step(
+        c,
+        "rtp pcmu <-> pcm24k",
+        Codec::Pcmu,
+        Codec::Slin(Rate::Hz24000),
+        true,
+    );
+    bench_step(
+        c,
+        "audiosocket slin16 <-> pcm24k",
+        Codec::Slin(Rate::Hz16000),
+        Codec::Slin(Rate::Hz24000),
+        false,
+    );
+    bench_step(
+        c,
+        "audiosocket slin8 <-> pcmu",
+        Codec::Slin(Rate::Hz8000),
+        Codec::Pcmu,
+        false,
+    );
 }
 
 criterion_group!(benches, bench_jitter, bench_calls);

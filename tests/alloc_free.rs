@@ -53,11 +53,21 @@ fn note() {
 static GLOBAL: Counting = Counting;
 
 fn tone(n: usize, freq: f64, amp: f64, rate: f64) -> Vec<i16> {
-    (0..n).map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate).sin()) as i16).collect()
+    (0..n)
+        .map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate).sin()) as i16)
+        .collect()
 }
 
 /// Runs `steps` 20 ms steps and returns (allocations, frames sent to the caller).
-fn run(call: &mut Call, caller: &[u8], loud: &[u8], agent: &[u8], rtp: bool, from: u64, steps: u64) -> (u64, u64) {
+fn run(
+    call: &mut Call,
+    caller: &[u8],
+    loud: &[u8],
+    agent: &[u8],
+    rtp: bool,
+    from: u64,
+    steps: u64,
+) -> (u64, u64) {
     let mut sent = 0u64;
     let mut sink = 0usize;
     ALLOCS.with(|a| a.set(0));
@@ -66,11 +76,24 @@ fn run(call: &mut Call, caller: &[u8], loud: &[u8], agent: &[u8], rtp: bool, fro
     for i in from..from + steps {
         let t = i * 20;
         // The caller talks over the agent for a while every 10 s: barge-ins happen.
-        let f = if i % 500 > 400 && i % 500 < 420 { loud } else { caller };
-        if rtp {
-            call.handle_input(Input::CallerRtp { at_ms: t, seq: i, payload: f }).unwrap();
+        let f = if i % 500 > 150 && i % 500 < 170 {
+            loud
         } else {
-            call.handle_input(Input::CallerAudio { at_ms: t, payload: f }).unwrap();
+            caller
+        };
+        if rtp {
+            call.handle_input(Input::CallerRtp {
+                at_ms: t,
+                seq: i,
+                payload: f,
+            })
+            .unwrap();
+        } else {
+            call.handle_input(Input::CallerAudio {
+                at_ms: t,
+                payload: f,
+            })
+            .unwrap();
         }
         // The provider streams replies in odd-sized chunks, faster than real time.
         if i % 500 == 100 {
@@ -78,13 +101,18 @@ fn run(call: &mut Call, caller: &[u8], loud: &[u8], agent: &[u8], rtp: bool, fro
         }
         if offset < agent.len() {
             let end = (offset + 1234).min(agent.len());
-            offset += call.handle_input(Input::ProviderAudio { payload: &agent[offset..end] }).unwrap();
+            offset += call
+                .handle_input(Input::ProviderAudio {
+                    payload: &agent[offset..end],
+                })
+                .unwrap();
             if offset == agent.len() {
                 call.handle_input(Input::ProviderAudioDone).unwrap();
             }
         }
-        if i % 500 == 450 {
-            call.handle_input(Input::ProviderSpeechStarted { at_ms: t }).unwrap();
+        if i % 500 == 200 {
+            call.handle_input(Input::ProviderSpeechStarted { at_ms: t })
+                .unwrap();
         }
         call.handle_input(Input::Tick { at_ms: t }).unwrap();
         while let Some(o) = call.poll_output() {
@@ -105,12 +133,37 @@ fn run(call: &mut Call, caller: &[u8], loud: &[u8], agent: &[u8], rtp: bool, fro
 }
 
 #[test]
+fn the_counter_sees_allocations() {
+    ALLOCS.with(|a| a.set(0));
+    ON.with(|on| on.set(true));
+    let v: Vec<u8> = std::hint::black_box(Vec::with_capacity(64));
+    ON.with(|on| on.set(false));
+    drop(v);
+    assert_eq!(ALLOCS.with(|a| a.get()), 1);
+}
+
+#[test]
 fn call_path_allocates_nothing_in_steady_state() {
     let cases = [
         ("rtp pcmu <-> openai pcmu", Codec::Pcmu, Codec::Pcmu, true),
-        ("rtp pcma <-> pcm24k", Codec::Pcma, Codec::Slin(Rate::Hz24000), true),
-        ("audiosocket slin16 <-> pcm24k", Codec::Slin(Rate::Hz16000), Codec::Slin(Rate::Hz24000), false),
-        ("audiosocket slin8 <-> pcmu", Codec::Slin(Rate::Hz8000), Codec::Pcmu, false),
+        (
+            "rtp pcma <-> pcm24k",
+            Codec::Pcma,
+            Codec::Slin(Rate::Hz24000),
+            true,
+        ),
+        (
+            "audiosocket slin16 <-> pcm24k",
+            Codec::Slin(Rate::Hz16000),
+            Codec::Slin(Rate::Hz24000),
+            false,
+        ),
+        (
+            "audiosocket slin8 <-> pcmu",
+            Codec::Slin(Rate::Hz8000),
+            Codec::Pcmu,
+            false,
+        ),
     ];
     for (name, caller, provider, rtp) in cases {
         let cfg = CallConfig {
@@ -130,7 +183,15 @@ fn call_path_allocates_nothing_in_steady_state() {
         let quiet = enc(&tone(frame, 200.0, 50.0, crate_rate), caller);
         let loud = enc(&tone(frame, 300.0, 9000.0, crate_rate), caller);
         let prate = f64::from(provider.rate().hz());
-        let agent = enc(&tone(provider.rate().samples_per_ms() * 3000, 1000.0, 8000.0, prate), provider);
+        let agent = enc(
+            &tone(
+                provider.rate().samples_per_ms() * 3000,
+                1000.0,
+                8000.0,
+                prate,
+            ),
+            provider,
+        );
         let _ = g711::ulaw_to_linear(0);
 
         let mut call = Call::new(cfg, 0);
@@ -138,8 +199,17 @@ fn call_path_allocates_nothing_in_steady_state() {
         let (allocs, sent) = run(&mut call, &quiet, &loud, &agent, rtp, 1_000, 10_000);
         assert_eq!(sent, 10_000, "{name}: one frame per step");
         let s = call.stats();
-        assert!(s.local_barge_ins + s.provider_barge_ins > 0, "{name}: barge-ins exercised");
-        assert!(s.playout.frames_played > 1_000, "{name}: agent audio exercised");
-        assert_eq!(allocs, 0, "{name}: {allocs} allocations in 10,000 steady-state steps (warm-up had {warm})");
+        assert!(
+            s.local_barge_ins + s.provider_barge_ins > 0,
+            "{name}: barge-ins exercised"
+        );
+        assert!(
+            s.playout.frames_played > 1_000,
+            "{name}: agent audio exercised"
+        );
+        assert_eq!(
+            allocs, 0,
+            "{name}: {allocs} allocations in 10,000 steady-state steps (warm-up had {warm})"
+        );
     }
 }

@@ -109,7 +109,10 @@ mod tests {
             codec.encode(&pcm, &mut again);
             let mut pcm2 = [0i16; 256];
             codec.decode(&again, &mut pcm2);
-            assert_eq!(pcm, pcm2, "{codec:?}: decode(encode(decode(x))) == decode(x)");
+            assert_eq!(
+                pcm, pcm2,
+                "{codec:?}: decode(encode(decode(x))) == decode(x)"
+            );
         }
     }
 }

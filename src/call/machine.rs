@@ -247,7 +247,11 @@ impl Call {
                 self.caller_audio(at_ms, payload)?;
                 Ok(payload.len())
             }
-            Input::CallerRtp { at_ms, seq, payload } => {
+            Input::CallerRtp {
+                at_ms,
+                seq,
+                payload,
+            } => {
                 let n = payload.len() / self.cfg.caller.bytes_per_sample();
                 if payload.is_empty() || n > MAX_BLOCK {
                     // Counted as a wrong-size frame by the jitter buffer.
@@ -290,7 +294,10 @@ impl Call {
             return Some(Output::SendToProvider(&self.to_provider[..n]));
         }
         if let Some(marker) = self.caller_pending.take() {
-            return Some(Output::SendToCaller { payload: &self.to_caller[..], marker });
+            return Some(Output::SendToCaller {
+                payload: &self.to_caller[..],
+                marker,
+            });
         }
         self.wake.take().map(Output::WakeAt)
     }
@@ -322,7 +329,11 @@ impl Call {
 
     fn drain_jitter(&mut self, now_ms: u64) {
         let frame = self.jitter.frame_samples();
-        while self.jitter.pop_ready(now_ms, &mut self.caller_pcm[..frame]).is_some() {
+        while self
+            .jitter
+            .pop_ready(now_ms, &mut self.caller_pcm[..frame])
+            .is_some()
+        {
             // The jitter buffer holds samples, so the provider side is re-encoded
             // from PCM (no byte passthrough on this path).
             self.caller_block(now_ms, None, frame);
@@ -334,7 +345,11 @@ impl Call {
     fn caller_block(&mut self, at_ms: u64, raw: Option<&[u8]>, n: usize) {
         let ms = (n / self.cfg.caller.rate().samples_per_ms().max(1)) as u32;
         let speaking = self.playout.is_active();
-        if self.vad.feed(at_ms, &self.caller_pcm[..n], ms.max(1), speaking) == VadEvent::BargeIn {
+        if self
+            .vad
+            .feed(at_ms, &self.caller_pcm[..n], ms.max(1), speaking)
+            == VadEvent::BargeIn
+        {
             let r = self.flush();
             if r.was_active {
                 self.stats.local_barge_ins += 1;
@@ -372,10 +387,10 @@ impl Call {
             return;
         }
         let start = self.to_provider_len;
-        let w = self
-            .cfg
-            .provider
-            .encode(&self.resampled[..got], &mut self.to_provider[start..start + bytes]);
+        let w = self.cfg.provider.encode(
+            &self.resampled[..got],
+            &mut self.to_provider[start..start + bytes],
+        );
         self.to_provider_len += w;
         self.stats.frames_to_provider += 1;
     }
@@ -392,7 +407,10 @@ impl Call {
             if self.playout.free_samples() < out_n {
                 return 0;
             }
-            let got = self.down.process(&[s], &mut self.resampled[..out_n]).unwrap_or(0);
+            let got = self
+                .down
+                .process(&[s], &mut self.resampled[..out_n])
+                .unwrap_or(0);
             self.playout.push(&self.resampled[..got]);
             self.odd_byte = None;
             rest = &rest[1..];

@@ -10,8 +10,16 @@ fn cfg(caller: Codec, provider: Codec) -> CallConfig {
     CallConfig {
         caller,
         provider,
-        playout: PlayoutConfig { jitter_buffer_ms: 2000, min_start_ms: 60, low_watermark_ms: 40, provider_grace_ms: 200 },
-        vad: VadConfig { initial_protection_ms: 0, ..VadConfig::default() },
+        playout: PlayoutConfig {
+            jitter_buffer_ms: 2000,
+            min_start_ms: 60,
+            low_watermark_ms: 40,
+            provider_grace_ms: 200,
+        },
+        vad: VadConfig {
+            initial_protection_ms: 0,
+            ..VadConfig::default()
+        },
         jitter_depth_ms: 60,
     }
 }
@@ -29,7 +37,9 @@ fn poll_all(call: &mut Call) -> Round {
     let mut r = Round::default();
     while let Some(o) = call.poll_output() {
         match o {
-            Output::SendToCaller { payload, marker } => r.to_caller.push((payload.to_vec(), marker)),
+            Output::SendToCaller { payload, marker } => {
+                r.to_caller.push((payload.to_vec(), marker))
+            }
             Output::SendToProvider(b) => r.to_provider.extend_from_slice(b),
             Output::BargeIn { played_ms, source } => r.barge_ins.push((played_ms, source)),
             Output::WakeAt(t) => r.wake = Some(t),
@@ -52,7 +62,9 @@ fn slin_bytes(s: &[i16]) -> Vec<u8> {
 }
 
 fn slin_samples(b: &[u8]) -> Vec<i16> {
-    b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+    b.chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 fn ulaw(s: &[i16]) -> Vec<u8> {
@@ -85,7 +97,10 @@ fn first_output_is_a_wake_and_each_tick_sends_one_frame_and_rearms() {
         let r = poll_all(&mut call);
         assert_eq!(r.to_caller.len(), 1);
         assert_eq!(r.to_caller[0].0.len(), 160);
-        assert!(r.to_caller[0].0.iter().all(|&b| b == 0xFF), "mu-law silence");
+        assert!(
+            r.to_caller[0].0.iter().all(|&b| b == 0xFF),
+            "mu-law silence"
+        );
         assert_eq!(r.wake, Some(t + 20));
     }
     // Early wake-up: no frame, same deadline.
@@ -116,7 +131,11 @@ fn pcmu_both_sides_passes_caller_bytes_through_unchanged() {
     let audio = ulaw(&tone(Rate::Hz8000, 440.0, 3000.0, 160 * 50, 0));
     let mut got = Vec::new();
     for (i, f) in audio.chunks(160).enumerate() {
-        call.handle_input(Input::CallerAudio { at_ms: i as u64 * 20, payload: f }).unwrap();
+        call.handle_input(Input::CallerAudio {
+            at_ms: i as u64 * 20,
+            payload: f,
+        })
+        .unwrap();
         got.extend(poll_all(&mut call).to_provider);
     }
     assert_eq!(got, audio);
@@ -136,7 +155,11 @@ fn provider_audio_is_paced_one_frame_per_tick_after_min_start() {
         let t = tick * 20;
         if tick % 5 == 0 && offset < audio.len() {
             let end = (offset + 800).min(audio.len());
-            let n = call.handle_input(Input::ProviderAudio { payload: &audio[offset..end] }).unwrap();
+            let n = call
+                .handle_input(Input::ProviderAudio {
+                    payload: &audio[offset..end],
+                })
+                .unwrap();
             assert_eq!(n, end - offset);
             offset = end;
             if offset == audio.len() {
@@ -152,7 +175,10 @@ fn provider_audio_is_paced_one_frame_per_tick_after_min_start() {
         }
         markers += usize::from(*marker);
     }
-    assert_eq!(played, audio, "every byte of agent audio reaches the caller, in order");
+    assert_eq!(
+        played, audio,
+        "every byte of agent audio reaches the caller, in order"
+    );
     assert_eq!(markers, 1, "one talk spurt");
     assert_eq!(call.stats().playout.underflow_events, 0);
 }
@@ -162,22 +188,35 @@ fn provider_barge_in_stops_agent_audio_on_the_next_frame() {
     let mut call = Call::new(cfg(Codec::Pcmu, Codec::Pcmu), 0);
     poll_all(&mut call);
     let audio = ulaw(&tone(Rate::Hz8000, 1000.0, 8000.0, 8 * 1500, 0)); // 1.5 s
-    assert_eq!(call.handle_input(Input::ProviderAudio { payload: &audio }).unwrap(), audio.len());
+    assert_eq!(
+        call.handle_input(Input::ProviderAudio { payload: &audio })
+            .unwrap(),
+        audio.len()
+    );
     let mut t = 0;
     for _ in 0..50 {
         call.handle_input(Input::Tick { at_ms: t }).unwrap();
         poll_all(&mut call);
         t += 20;
     }
-    call.handle_input(Input::ProviderSpeechStarted { at_ms: t }).unwrap();
+    call.handle_input(Input::ProviderSpeechStarted { at_ms: t })
+        .unwrap();
     let r = poll_all(&mut call);
-    assert_eq!(r.barge_ins, vec![(1000, BargeInSource::Provider)], "50 frames were heard");
+    assert_eq!(
+        r.barge_ins,
+        vec![(1000, BargeInSource::Provider)],
+        "50 frames were heard"
+    );
     call.handle_input(Input::Tick { at_ms: t }).unwrap();
     let r = poll_all(&mut call);
-    assert!(r.to_caller[0].0.iter().all(|&b| b == 0xFF), "next frame is silence");
+    assert!(
+        r.to_caller[0].0.iter().all(|&b| b == 0xFF),
+        "next frame is silence"
+    );
     assert!(!call.agent_speaking());
     // A second speech_started with nothing playing is not a barge-in.
-    call.handle_input(Input::ProviderSpeechStarted { at_ms: t }).unwrap();
+    call.handle_input(Input::ProviderSpeechStarted { at_ms: t })
+        .unwrap();
     assert!(poll_all(&mut call).barge_ins.is_empty());
 }
 
@@ -188,15 +227,27 @@ fn local_barge_in_fires_when_the_caller_talks_over_the_agent() {
     let mut call = Call::new(c, 0);
     poll_all(&mut call);
     let agent = ulaw(&tone(Rate::Hz8000, 1000.0, 8000.0, 8 * 5000, 0));
-    assert_eq!(call.handle_input(Input::ProviderAudio { payload: &agent }).unwrap(), agent.len());
+    assert_eq!(
+        call.handle_input(Input::ProviderAudio { payload: &agent })
+            .unwrap(),
+        agent.len()
+    );
     let caller_quiet = ulaw(&[0i16; 160]);
     let caller_loud = ulaw(&tone(Rate::Hz8000, 300.0, 6000.0, 160, 0));
     let mut fired_at = None;
     let mut heard_after = 0;
     for i in 0..150u64 {
         let t = i * 20;
-        let f = if i >= 100 { &caller_loud } else { &caller_quiet };
-        call.handle_input(Input::CallerAudio { at_ms: t, payload: f }).unwrap();
+        let f = if i >= 100 {
+            &caller_loud
+        } else {
+            &caller_quiet
+        };
+        call.handle_input(Input::CallerAudio {
+            at_ms: t,
+            payload: f,
+        })
+        .unwrap();
         call.handle_input(Input::Tick { at_ms: t }).unwrap();
         let r = poll_all(&mut call);
         if let Some(&(played, src)) = r.barge_ins.first() {
@@ -222,14 +273,20 @@ fn backpressure_keeps_every_sample() {
     let mut call = Call::new(c, 0);
     poll_all(&mut call);
     let audio = ulaw(&tone(Rate::Hz8000, 700.0, 5000.0, 8 * 2000, 0));
-    let first = call.handle_input(Input::ProviderAudio { payload: &audio }).unwrap();
+    let first = call
+        .handle_input(Input::ProviderAudio { payload: &audio })
+        .unwrap();
     assert!(first < audio.len(), "a full queue takes only part");
     let mut offset = first;
     let mut played = Vec::new();
     let mut t = 0;
     while played.len() < audio.len() && t < 10_000 {
         if offset < audio.len() {
-            offset += call.handle_input(Input::ProviderAudio { payload: &audio[offset..] }).unwrap();
+            offset += call
+                .handle_input(Input::ProviderAudio {
+                    payload: &audio[offset..],
+                })
+                .unwrap();
             if offset == audio.len() {
                 call.handle_input(Input::ProviderAudioDone).unwrap();
             }
@@ -248,34 +305,58 @@ fn backpressure_keeps_every_sample() {
 #[test]
 fn resampled_tone_keeps_its_frequency_both_ways() {
     // Caller slin16 (AudioSocket c(slin16)), provider PCM 24 kHz (OpenAI audio/pcm).
-    let mut call = Call::new(cfg(Codec::Slin(Rate::Hz16000), Codec::Slin(Rate::Hz24000)), 0);
+    let mut call = Call::new(
+        cfg(Codec::Slin(Rate::Hz16000), Codec::Slin(Rate::Hz24000)),
+        0,
+    );
     poll_all(&mut call);
     let up = tone(Rate::Hz16000, 1000.0, 10000.0, 16 * 2000, 0);
     let mut at_provider = Vec::new();
     for (i, f) in slin_bytes(&up).chunks(640).enumerate() {
-        call.handle_input(Input::CallerAudio { at_ms: i as u64 * 20, payload: f }).unwrap();
+        call.handle_input(Input::CallerAudio {
+            at_ms: i as u64 * 20,
+            payload: f,
+        })
+        .unwrap();
         at_provider.extend(poll_all(&mut call).to_provider);
     }
     let at_provider = slin_samples(&at_provider);
-    assert_eq!(at_provider.len(), 24 * 2000, "16k -> 24k keeps the duration exactly");
+    assert_eq!(
+        at_provider.len(),
+        24 * 2000,
+        "16k -> 24k keeps the duration exactly"
+    );
     let body = &at_provider[2400..];
     let a = goertzel_amp(body, 24_000, 1000.0);
-    assert!((a - 10000.0).abs() < 50.0, "1 kHz amplitude at the provider: {a}");
+    assert!(
+        (a - 10000.0).abs() < 50.0,
+        "1 kHz amplitude at the provider: {a}"
+    );
 
     let down = tone(Rate::Hz24000, 1000.0, 10000.0, 24 * 1000, 0);
-    let n = call.handle_input(Input::ProviderAudio { payload: &slin_bytes(&down) }).unwrap();
+    let n = call
+        .handle_input(Input::ProviderAudio {
+            payload: &slin_bytes(&down),
+        })
+        .unwrap();
     assert_eq!(n, down.len() * 2);
     call.handle_input(Input::ProviderAudioDone).unwrap();
     let mut at_caller = Vec::new();
     for i in 0..60u64 {
-        call.handle_input(Input::Tick { at_ms: 40_000 + i * 20 }).unwrap();
+        call.handle_input(Input::Tick {
+            at_ms: 40_000 + i * 20,
+        })
+        .unwrap();
         for (f, _) in poll_all(&mut call).to_caller {
             at_caller.extend(slin_samples(&f));
         }
     }
     let body = &at_caller[1600..16 * 900];
     let a = goertzel_amp(body, 16_000, 1000.0);
-    assert!((a - 10000.0).abs() < 50.0, "1 kHz amplitude at the caller: {a}");
+    assert!(
+        (a - 10000.0).abs() < 50.0,
+        "1 kHz amplitude at the caller: {a}"
+    );
 }
 
 #[test]
@@ -287,8 +368,12 @@ fn rtp_reordering_reaches_the_provider_in_order() {
     let mut got = Vec::new();
     for (k, &i) in order.iter().enumerate() {
         let payload = ulaw(&frames[i]);
-        call.handle_input(Input::CallerRtp { at_ms: k as u64 * 20, seq: 1000 + i as u64, payload: &payload })
-            .unwrap();
+        call.handle_input(Input::CallerRtp {
+            at_ms: k as u64 * 20,
+            seq: 1000 + i as u64,
+            payload: &payload,
+        })
+        .unwrap();
         got.extend(slin_samples(&poll_all(&mut call).to_provider));
     }
     assert_eq!(got.len(), 160 * 10);
@@ -304,17 +389,41 @@ fn rtp_reordering_reaches_the_provider_in_order() {
 fn bad_caller_payloads_are_errors_not_panics() {
     let mut call = Call::new(cfg(Codec::Slin(Rate::Hz16000), Codec::Pcmu), 0);
     assert_eq!(
-        call.handle_input(Input::CallerAudio { at_ms: 0, payload: &[1, 2, 3] }),
+        call.handle_input(Input::CallerAudio {
+            at_ms: 0,
+            payload: &[1, 2, 3]
+        }),
         Err(CallError::OddCallerPayload(3))
     );
-    assert_eq!(call.handle_input(Input::CallerAudio { at_ms: 0, payload: &[] }), Err(CallError::EmptyCallerPayload));
+    assert_eq!(
+        call.handle_input(Input::CallerAudio {
+            at_ms: 0,
+            payload: &[]
+        }),
+        Err(CallError::EmptyCallerPayload)
+    );
     // Oversize AudioSocket payloads are split into blocks, not refused.
     let big = vec![0u8; 65534];
-    assert!(call.handle_input(Input::CallerAudio { at_ms: 0, payload: &big }).is_ok());
+    assert!(call
+        .handle_input(Input::CallerAudio {
+            at_ms: 0,
+            payload: &big
+        })
+        .is_ok());
     // RTP frames of the wrong size are dropped and counted.
     let mut rtp = Call::new(cfg(Codec::Pcmu, Codec::Pcmu), 0);
-    rtp.handle_input(Input::CallerRtp { at_ms: 0, seq: 1, payload: &[0xFF; 80] }).unwrap();
-    rtp.handle_input(Input::CallerRtp { at_ms: 0, seq: 2, payload: &[0xFF; 5000] }).unwrap();
+    rtp.handle_input(Input::CallerRtp {
+        at_ms: 0,
+        seq: 1,
+        payload: &[0xFF; 80],
+    })
+    .unwrap();
+    rtp.handle_input(Input::CallerRtp {
+        at_ms: 0,
+        seq: 2,
+        payload: &[0xFF; 5000],
+    })
+    .unwrap();
     assert_eq!(rtp.stats().jitter.wrong_size, 2);
 }
 
@@ -328,15 +437,20 @@ fn ten_minutes_of_conversation_on_a_virtual_clock() {
     let reply = ulaw(&tone(Rate::Hz8000, 1000.0, 8000.0, 8 * 2000, 0)); // 2 s replies
     let mut to_caller = 0u64;
     let mut to_provider = 0usize;
-    let mut seq = 0u64;
     for tick in 0..30_000u64 {
+        let seq = tick;
         let t = tick * 20;
         let phase = tick % 500; // 10 s cycle: 2 s caller talk, reply at 3 s
         let f = if phase < 100 { &speech } else { &quiet };
-        call.handle_input(Input::CallerRtp { at_ms: t, seq, payload: f }).unwrap();
-        seq += 1;
+        call.handle_input(Input::CallerRtp {
+            at_ms: t,
+            seq,
+            payload: f,
+        })
+        .unwrap();
         if phase == 150 {
-            call.handle_input(Input::ProviderAudio { payload: &reply }).unwrap();
+            call.handle_input(Input::ProviderAudio { payload: &reply })
+                .unwrap();
             call.handle_input(Input::ProviderAudioDone).unwrap();
         }
         call.handle_input(Input::Tick { at_ms: t }).unwrap();

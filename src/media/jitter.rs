@@ -122,7 +122,9 @@ impl JitterBuffer {
     }
 
     fn depth_frames(&self) -> u64 {
-        (u64::from(self.depth_ms)).div_ceil(u64::from(FRAME_MS)).max(1)
+        (u64::from(self.depth_ms))
+            .div_ceil(u64::from(FRAME_MS))
+            .max(1)
     }
 
     /// Store a packet with extended sequence number `seq`, arrived at `now_ms`.
@@ -186,7 +188,9 @@ impl JitterBuffer {
         if self.stored == 0 {
             return None;
         }
-        let waited = self.gap_since.is_some_and(|t| now_ms >= t + u64::from(self.depth_ms));
+        let waited = self
+            .gap_since
+            .is_some_and(|t| now_ms >= t + u64::from(self.depth_ms));
         let piled = (self.highest - next) >= self.depth_frames();
         if !(waited || piled) {
             return None;
@@ -265,7 +269,10 @@ mod tests {
         assert_eq!(jb.depth_ms(), 20);
         jb.push(30, 2, &frame(2));
         let out = drain(&mut jb, 30);
-        assert_eq!(out, vec![(PopKind::Frame, frame(2)[0]), (PopKind::Frame, frame(3)[0])]);
+        assert_eq!(
+            out,
+            vec![(PopKind::Frame, frame(2)[0]), (PopKind::Frame, frame(3)[0])]
+        );
         assert_eq!(jb.stats().reordered, 1);
         assert_eq!(jb.stats().lost, 0);
     }

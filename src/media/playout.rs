@@ -147,7 +147,10 @@ impl Playout {
 
     /// Replace the watermarks (live reload). Capacity stays as built.
     pub fn set_config(&mut self, cfg: PlayoutConfig) {
-        self.cfg = PlayoutConfig { jitter_buffer_ms: self.cfg.jitter_buffer_ms, ..cfg };
+        self.cfg = PlayoutConfig {
+            jitter_buffer_ms: self.cfg.jitter_buffer_ms,
+            ..cfg
+        };
     }
 
     /// The state of the current utterance.
@@ -236,7 +239,11 @@ impl Playout {
                 {
                     // Provider finished (or went quiet past the grace time): flush the
                     // partial remainder as the last frame below, then idle.
-                    self.state = if self.len > 0 { PlayoutState::Playing } else { PlayoutState::Idle };
+                    self.state = if self.len > 0 {
+                        PlayoutState::Playing
+                    } else {
+                        PlayoutState::Idle
+                    };
                     self.end_marked = true;
                 } else {
                     self.stats.underflow_frames += 1;
@@ -338,7 +345,13 @@ mod tests {
 
     #[test]
     fn waits_for_min_start_then_plays_in_order() {
-        let mut p = Playout::new(PlayoutConfig { min_start_ms: 60, ..Default::default() }, SPMS);
+        let mut p = Playout::new(
+            PlayoutConfig {
+                min_start_ms: 60,
+                ..Default::default()
+            },
+            SPMS,
+        );
         let audio = ramp(160 * 5, 1);
         p.push(&audio[..160 * 2]); // 40 ms: below min_start
         assert_eq!(ticks(&mut p, 0, 1)[0].0, TickOutcome::Silence);
@@ -352,7 +365,11 @@ mod tests {
         assert_eq!(played, audio);
         assert_eq!(out[5].0, TickOutcome::Silence);
         assert_eq!(p.state(), PlayoutState::Idle);
-        assert_eq!(p.stats().underflow_events, 0, "end-marked utterance never underflows");
+        assert_eq!(
+            p.stats().underflow_events,
+            0,
+            "end-marked utterance never underflows"
+        );
     }
 
     #[test]
@@ -363,14 +380,22 @@ mod tests {
         let out = ticks(&mut p, 0, 2);
         assert_eq!(out[0].0, TickOutcome::Audio { first: true });
         assert_eq!(&out[0].1[..100], &ramp(100, 5)[..]);
-        assert!(out[0].1[100..].iter().all(|&s| s == 0), "partial frame padded with silence");
+        assert!(
+            out[0].1[100..].iter().all(|&s| s == 0),
+            "partial frame padded with silence"
+        );
         assert_eq!(out[1].0, TickOutcome::Silence);
         assert_eq!(p.stats().underflow_events, 0);
     }
 
     #[test]
     fn underflow_counted_only_mid_utterance_and_resumes_at_low_watermark() {
-        let cfg = PlayoutConfig { min_start_ms: 40, low_watermark_ms: 60, provider_grace_ms: 1000, ..Default::default() };
+        let cfg = PlayoutConfig {
+            min_start_ms: 40,
+            low_watermark_ms: 60,
+            provider_grace_ms: 1000,
+            ..Default::default()
+        };
         let mut p = Playout::new(cfg, SPMS);
         p.push(&ramp(320, 0)); // 40 ms
         let out = ticks(&mut p, 0, 3);
@@ -390,7 +415,11 @@ mod tests {
 
     #[test]
     fn grace_time_ends_a_silent_provider_utterance() {
-        let cfg = PlayoutConfig { min_start_ms: 20, provider_grace_ms: 200, ..Default::default() };
+        let cfg = PlayoutConfig {
+            min_start_ms: 20,
+            provider_grace_ms: 200,
+            ..Default::default()
+        };
         let mut p = Playout::new(cfg, SPMS);
         p.push(&ramp(160, 0));
         ticks(&mut p, 0, 2); // plays, then starves at t=20
@@ -404,11 +433,24 @@ mod tests {
 
     #[test]
     fn flush_reports_played_ms_and_drops_queue() {
-        let mut p = Playout::new(PlayoutConfig { min_start_ms: 20, ..Default::default() }, SPMS);
+        let mut p = Playout::new(
+            PlayoutConfig {
+                min_start_ms: 20,
+                ..Default::default()
+            },
+            SPMS,
+        );
         p.push(&ramp(8 * 500, 0)); // 500 ms
         ticks(&mut p, 0, 7); // 140 ms played
         let r = p.flush();
-        assert_eq!(r, FlushReport { played_ms: 140, dropped_ms: 360, was_active: true });
+        assert_eq!(
+            r,
+            FlushReport {
+                played_ms: 140,
+                dropped_ms: 360,
+                was_active: true
+            }
+        );
         assert_eq!(p.depth_ms(), 0);
         assert!(!p.is_active());
         assert_eq!(ticks(&mut p, 200, 1)[0].0, TickOutcome::Silence);
@@ -419,7 +461,11 @@ mod tests {
 
     #[test]
     fn push_refuses_what_does_not_fit_and_nothing_is_lost() {
-        let cfg = PlayoutConfig { jitter_buffer_ms: 100, min_start_ms: 20, ..Default::default() };
+        let cfg = PlayoutConfig {
+            jitter_buffer_ms: 100,
+            min_start_ms: 20,
+            ..Default::default()
+        };
         let mut p = Playout::new(cfg, SPMS);
         let audio = ramp(8 * 300, 7);
         let mut sent = 0;
@@ -444,7 +490,11 @@ mod tests {
 
     #[test]
     fn ring_wraps_correctly() {
-        let cfg = PlayoutConfig { jitter_buffer_ms: 60, min_start_ms: 20, ..Default::default() };
+        let cfg = PlayoutConfig {
+            jitter_buffer_ms: 60,
+            min_start_ms: 20,
+            ..Default::default()
+        };
         let mut p = Playout::new(cfg, SPMS);
         let audio = ramp(8 * 1000, -500);
         let mut sent = 0;

@@ -183,7 +183,13 @@ mod tests {
     const LOUD: [i16; 160] = [2000; 160];
     const QUIET: [i16; 160] = [100; 160];
 
-    fn run(det: &mut BargeInDetector, from: u64, frames: usize, f: &[i16], speaking: bool) -> Vec<u64> {
+    fn run(
+        det: &mut BargeInDetector,
+        from: u64,
+        frames: usize,
+        f: &[i16],
+        speaking: bool,
+    ) -> Vec<u64> {
         let mut fired = Vec::new();
         for i in 0..frames {
             let t = from + 20 * i as u64;
@@ -196,7 +202,10 @@ mod tests {
 
     #[test]
     fn rms_threshold_is_exact() {
-        let det = BargeInDetector::new(VadConfig { energy_threshold: 700, ..Default::default() });
+        let det = BargeInDetector::new(VadConfig {
+            energy_threshold: 700,
+            ..Default::default()
+        });
         assert!(!det.is_loud(&[700; 160]));
         assert!(det.is_loud(&[701; 160]));
         assert!(det.is_loud(&[-701; 160]));
@@ -205,7 +214,10 @@ mod tests {
 
     #[test]
     fn fires_after_min_ms_of_speech_over_agent() {
-        let mut det = BargeInDetector::new(VadConfig { initial_protection_ms: 0, ..Default::default() });
+        let mut det = BargeInDetector::new(VadConfig {
+            initial_protection_ms: 0,
+            ..Default::default()
+        });
         // min_ms 150 => the 8th loud 20 ms frame (160 ms) fires.
         let fired = run(&mut det, 1000, 20, &LOUD, true);
         assert_eq!(fired, vec![1000 + 7 * 20]);
@@ -226,13 +238,19 @@ mod tests {
 
     #[test]
     fn disabled_never_fires() {
-        let mut det = BargeInDetector::new(VadConfig { enabled: false, ..Default::default() });
+        let mut det = BargeInDetector::new(VadConfig {
+            enabled: false,
+            ..Default::default()
+        });
         assert!(run(&mut det, 0, 500, &LOUD, true).is_empty());
     }
 
     #[test]
     fn initial_protection_delays_detection() {
-        let mut det = BargeInDetector::new(VadConfig { initial_protection_ms: 100, ..Default::default() });
+        let mut det = BargeInDetector::new(VadConfig {
+            initial_protection_ms: 100,
+            ..Default::default()
+        });
         // Agent starts at 0: frames at 0..80 are protected, counting starts at 100.
         let fired = run(&mut det, 0, 13, &LOUD, true);
         assert_eq!(fired, vec![100 + 7 * 20]);
@@ -254,7 +272,10 @@ mod tests {
 
     #[test]
     fn short_dips_are_tolerated_but_isolated_clicks_are_not() {
-        let mut det = BargeInDetector::new(VadConfig { initial_protection_ms: 0, ..Default::default() });
+        let mut det = BargeInDetector::new(VadConfig {
+            initial_protection_ms: 0,
+            ..Default::default()
+        });
         // Alternating loud/quiet never accumulates.
         let mut fired = false;
         for i in 0..200u64 {
@@ -263,7 +284,10 @@ mod tests {
         }
         assert!(!fired);
         // Loud with one quiet frame every 4: accumulates 2 frames net per 4 frames.
-        let mut det = BargeInDetector::new(VadConfig { initial_protection_ms: 0, ..Default::default() });
+        let mut det = BargeInDetector::new(VadConfig {
+            initial_protection_ms: 0,
+            ..Default::default()
+        });
         let mut at = None;
         for i in 0..40u64 {
             let f: &[i16] = if i % 4 == 3 { &QUIET } else { &LOUD };
@@ -284,7 +308,7 @@ mod tests {
         });
         run(&mut det, 0, 5, &QUIET, true);
         run(&mut det, 100, 5, &QUIET, false); // agent stopped at 100
-        // Agent restarts at 200, inside the window: protected until 900.
+                                              // Agent restarts at 200, inside the window: protected until 900.
         let fired = run(&mut det, 200, 60, &LOUD, true);
         assert_eq!(fired[0], 900 + 7 * 20);
     }
