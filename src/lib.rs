@@ -11,6 +11,9 @@
 //! Engine (shards, sockets), ARI and providers arrive with later issues; until then
 //! `voxd serve` validates its configuration and refuses to start with a clear error.
 
+#![deny(unsafe_code)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
 pub mod call;
 pub mod config;
 pub mod media;

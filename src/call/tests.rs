@@ -467,3 +467,92 @@ fn ten_minutes_of_conversation_on_a_virtual_clock() {
     assert_eq!(s.playout.underflow_events, 0);
     assert_eq!(s.jitter.lost, 0);
 }
+
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Caller(Vec<u8>),
+        Rtp(i16, Vec<u8>),
+        Provider(Vec<u8>),
+        Done,
+        SpeechStarted,
+        Advance(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            vec(any::<u8>(), 0..2000).prop_map(Op::Caller),
+            (any::<i16>(), vec(any::<u8>(), 0..400)).prop_map(|(d, b)| Op::Rtp(d, b)),
+            vec(any::<u8>(), 0..6000).prop_map(Op::Provider),
+            Just(Op::Done),
+            Just(Op::SpeechStarted),
+            (0u16..200).prop_map(Op::Advance),
+        ]
+    }
+
+    const CODECS: [Codec; 5] = [
+        Codec::Pcmu,
+        Codec::Pcma,
+        Codec::Slin(Rate::Hz8000),
+        Codec::Slin(Rate::Hz16000),
+        Codec::Slin(Rate::Hz24000),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any sequence of inputs, with garbage payloads: no panic, inputs never
+        /// report more bytes taken than given, and every due tick sends exactly one
+        /// caller frame of the right size.
+        #[test]
+        fn any_input_sequence_is_handled(
+            ops in vec(op(), 0..120),
+            c in 0usize..5,
+            p in 0usize..5,
+        ) {
+            let (caller, provider) = (CODECS[c], CODECS[p]);
+            let mut call = Call::new(cfg(caller, provider), 0);
+            let mut now = 0u64;
+            let mut seq = 1_000_000u64;
+            let mut due = 0u64;
+            for o in ops {
+                let taken = match &o {
+                    Op::Caller(b) => call.handle_input(Input::CallerAudio { at_ms: now, payload: b }),
+                    Op::Rtp(d, b) => {
+                        seq = seq.saturating_add_signed(i64::from(*d));
+                        call.handle_input(Input::CallerRtp { at_ms: now, seq, payload: b })
+                    }
+                    Op::Provider(b) => call.handle_input(Input::ProviderAudio { payload: b }),
+                    Op::Done => call.handle_input(Input::ProviderAudioDone),
+                    Op::SpeechStarted => call.handle_input(Input::ProviderSpeechStarted { at_ms: now }),
+                    Op::Advance(ms) => {
+                        now += u64::from(*ms);
+                        call.handle_input(Input::Tick { at_ms: now })
+                    }
+                };
+                let given = match &o {
+                    Op::Caller(b) | Op::Rtp(_, b) | Op::Provider(b) => b.len(),
+                    _ => 0,
+                };
+                if let Ok(n) = taken {
+                    prop_assert!(n <= given);
+                }
+                let r = poll_all(&mut call);
+                if matches!(o, Op::Advance(_)) {
+                    let expect = usize::from(now >= due);
+                    prop_assert_eq!(r.to_caller.len(), expect);
+                    for (f, _) in &r.to_caller {
+                        prop_assert_eq!(f.len(), caller.frame_bytes());
+                    }
+                }
+                if let Some(w) = r.wake {
+                    due = w;
+                }
+            }
+        }
+    }
+}

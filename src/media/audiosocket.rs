@@ -13,6 +13,8 @@
 //! length have been checked, or panic on any input. Malformed input from Asterisk is
 //! an [`AudioSocketError`] that is a peer fault for that one connection.
 
+#![forbid(unsafe_code)]
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::media::Rate;

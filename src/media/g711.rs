@@ -16,6 +16,8 @@
 //! the 65,536 inputs, always by one step at a decision boundary. Decoding agrees with
 //! both.
 
+#![forbid(unsafe_code)]
+
 /// The mu-law code for digital silence (linear 0).
 pub const ULAW_SILENCE: u8 = 0xFF;
 /// The A-law code for the smallest positive value (linear 8), used as silence.

@@ -1181,6 +1181,57 @@ mod tests {
         }
     }
 
+    /// 10,000 20 ms frames of one direction with the kernel `new()` picks, for a
+    /// stable instruction count: `valgrind --tool=callgrind <test binary> --ignored
+    /// --exact media::resample::tests::callgrind_<dir>` and compare the `Ir` totals.
+    fn frames_for_profiling(from: Rate, to: Rate) {
+        let x = signal(from, from.samples_per_frame(), 1);
+        let mut out = vec![0i16; to.samples_per_frame()];
+        let mut r = Resampler::new(from, to);
+        let mut sum = 0i64;
+        for _ in 0..10_000 {
+            let n = r.process(std::hint::black_box(&x), &mut out).unwrap();
+            sum += out[..n].iter().map(|&v| v as i64).sum::<i64>();
+        }
+        println!("{from:?}->{to:?} [{}] checksum {sum}", r.kernel());
+    }
+
+    #[test]
+    #[ignore = "profiling aid (callgrind), not a check"]
+    fn callgrind_8k_16k() {
+        frames_for_profiling(Rate::Hz8000, Rate::Hz16000);
+    }
+
+    #[test]
+    #[ignore = "profiling aid (callgrind), not a check"]
+    fn callgrind_16k_8k() {
+        frames_for_profiling(Rate::Hz16000, Rate::Hz8000);
+    }
+
+    #[test]
+    #[ignore = "profiling aid (callgrind), not a check"]
+    fn callgrind_8k_24k() {
+        frames_for_profiling(Rate::Hz8000, Rate::Hz24000);
+    }
+
+    #[test]
+    #[ignore = "profiling aid (callgrind), not a check"]
+    fn callgrind_24k_8k() {
+        frames_for_profiling(Rate::Hz24000, Rate::Hz8000);
+    }
+
+    #[test]
+    #[ignore = "profiling aid (callgrind), not a check"]
+    fn callgrind_16k_24k() {
+        frames_for_profiling(Rate::Hz16000, Rate::Hz24000);
+    }
+
+    #[test]
+    #[ignore = "profiling aid (callgrind), not a check"]
+    fn callgrind_24k_16k() {
+        frames_for_profiling(Rate::Hz24000, Rate::Hz16000);
+    }
+
     #[test]
     fn design_summary() {
         for (from, to) in all_pairs() {

@@ -13,6 +13,8 @@
 //! network is an [`RtpError`], never a panic. No RTCP and no DTMF here (the
 //! ExternalMedia leg has neither).
 
+#![forbid(unsafe_code)]
+
 use bytes::{BufMut, BytesMut};
 
 /// The only RTP version voxd speaks.
@@ -348,35 +350,26 @@ pub fn build_into(
 /// still map below it; only differences between extended values carry meaning.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeqExtender {
-    highest: Option<u64>,
+    inner: Unwrapper<16>,
 }
 
 impl SeqExtender {
     /// A fresh extender for a new stream (or after an SSRC change).
     pub const fn new() -> Self {
-        SeqExtender { highest: None }
+        SeqExtender {
+            inner: Unwrapper { highest: None },
+        }
     }
 
     /// Called for every received packet, in arrival order; returns its extended
     /// sequence number. Duplicates return the same value as the original.
     pub fn extend(&mut self, seq: u16) -> u64 {
-        let Some(highest) = self.highest else {
-            let ext = (1u64 << 16) | seq as u64;
-            self.highest = Some(ext);
-            return ext;
-        };
-        let delta = seq.wrapping_sub(highest as u16) as i16 as i64;
-        // highest >= 2^16 and delta >= -2^15, so this never goes below zero.
-        let ext = (highest as i64 + delta) as u64;
-        if ext > highest {
-            self.highest = Some(ext);
-        }
-        ext
+        self.inner.extend(u64::from(seq))
     }
 
     /// The highest extended sequence number seen, if any packet was seen.
     pub const fn highest(&self) -> Option<u64> {
-        self.highest
+        self.inner.highest
     }
 }
 
@@ -384,33 +377,57 @@ impl SeqExtender {
 /// (half the 2^32 space forward is a wrap; the first value maps to `2^32 + ts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TsExtender {
-    highest: Option<u64>,
+    inner: Unwrapper<32>,
 }
 
 impl TsExtender {
     /// A fresh extender for a new stream.
     pub const fn new() -> Self {
-        TsExtender { highest: None }
+        TsExtender {
+            inner: Unwrapper { highest: None },
+        }
     }
 
     /// Called for every received packet; returns its extended timestamp.
     pub fn extend(&mut self, ts: u32) -> u64 {
+        self.inner.extend(u64::from(ts))
+    }
+
+    /// The highest extended timestamp seen, if any.
+    pub const fn highest(&self) -> Option<u64> {
+        self.inner.highest
+    }
+}
+
+/// The shared unwrapping rule for a `BITS`-bit counter (16 for sequence numbers, 32
+/// for timestamps): place each value at the extended value nearest the highest seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Unwrapper<const BITS: u32> {
+    highest: Option<u64>,
+}
+
+impl<const BITS: u32> Unwrapper<BITS> {
+    fn extend(&mut self, value: u64) -> u64 {
+        let span = 1u64 << BITS;
         let Some(highest) = self.highest else {
-            let ext = (1u64 << 32) | ts as u64;
+            let ext = span | value;
             self.highest = Some(ext);
             return ext;
         };
-        let delta = ts.wrapping_sub(highest as u32) as i32 as i64;
+        // Forward distance modulo the counter space, then signed: less than half the
+        // space forward advances, anything else is behind (late or duplicate).
+        let forward = value.wrapping_sub(highest) & (span - 1);
+        let delta = if forward < span / 2 {
+            forward as i64
+        } else {
+            forward as i64 - span as i64
+        };
+        // highest >= span and delta >= -span/2, so this never goes below zero.
         let ext = (highest as i64 + delta) as u64;
         if ext > highest {
             self.highest = Some(ext);
         }
         ext
-    }
-
-    /// The highest extended timestamp seen, if any.
-    pub const fn highest(&self) -> Option<u64> {
-        self.highest
     }
 }
 
