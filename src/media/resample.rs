@@ -22,23 +22,49 @@
 //! full-scale input can overflow), then rounded (+2^13, >> 14) and saturated to i16.
 //! Integer sums are order-independent, so scalar, SSE4.1 and AVX2 are bit-identical.
 //!
+//! Kernels: the portable and SSE4.1 ones walk outputs one or four at a time over
+//! 16-tap blocks (`pmaddwd` against `hi` and against `lo`). The AVX2 one is
+//! specialised at compile time for the call-path ratios (L/M = 2, 1/2, 3, 1/3, 3/2,
+//! 2/3, and the exact block counts of 8k<->16k, 8k<->24k, 16k<->24k): it produces a
+//! group of 6-12 outputs (whole phase cycles) at once from a second table
+//! (`packed`) that keeps only the live taps in 8-tap blocks of [8 `hi` | 8 `lo`]. One
+//! 8-sample window load, broadcast to both 128-bit halves, feeds a single `pmaddwd`
+//! that yields hi partial sums in the low half and lo partial sums in the high half,
+//! so an output needs one accumulator instead of two; each window load is shared by
+//! the phases that use it and each coefficient load by the cycles of the group, and
+//! the group is reduced with one `phaddd` tree. Other ratios, a chunk that starts
+//! mid-cycle and chunk tails use the one-at-a-time path. `pmaddwd` per output:
+//! 5 (8k->16k, 8k->24k), 10 (16k->8k), 15 (24k->8k), 6 (16k->24k), 9 (24k->16k);
+//! they run at about one per cycle. Cost per 20 ms frame, AVX2 (Zen 3, best of
+//! 2 x 200 batches, `frame_time_min` below; criterion medians are noisier): 8k->16k
+//! 0.50 us, 16k->8k 0.54, 8k->24k 0.74, 24k->8k 0.73, 16k->24k 1.03, 24k->16k 1.01
+//! (1.1-2.9 us before). Measured and rejected: plain 16-sample loads against a
+//! straddled [hi of block e-1 | lo of block e] table (20% fewer instructions, but
+//! half the loads split a cache line: slower), the 16-tap layout with two
+//! accumulators for L = 1 (slower), 12-output groups for 3/2 (accumulators spill).
+//!
 //! Achieved (measured by the tests in this file, `cargo test --release --lib
 //! media::resample -- --nocapture`): group delay exactly [`Resampler::output_delay`]
 //! output samples (impulse peak and tone phase agree to < 0.001 sample), 2.5 ms
-//! whenever 8 kHz is one side, 1.625 ms for 16k<->24k, <= 2.5 ms for every pair;
-//! passband gain spread 0.031 dB (8 kHz side) / <= 0.019 dB (others) up to
-//! [`Resampler::passband_hz`]; images <= -84.0 dB and aliases <= -83.7 dB from
-//! `min(from, to) - passband_hz` up. The passband edge is 0.9 x Nyquist of the
-//! lower rate (5.4 / 7.2 / 10.8 / 14.4 kHz) except when 8 kHz is one side: there
-//! 80 dB within 2.5 ms of delay leaves a ~1 kHz transition band, so the edge is
-//! 3,500 Hz (0.875 x Nyquist; the filter stays within 0.1 dB to ~3,530 Hz).
+//! whenever 8 kHz is one side, 1.5 ms for 16k<->24k, <= 2.5 ms for every pair;
+//! passband gain spread 0.031 dB (8 kHz side) / <= 0.050 dB (others) up to
+//! [`Resampler::passband_hz`]; images <= -83.7 dB and aliases <= -83.5 dB from
+//! `min(from, to) - passband_hz` up (<= -85.8 dB when 8 kHz is not a side). The
+//! passband edge is 0.9 x Nyquist of the lower rate (5.4 / 7.2 / 10.8 / 14.4 kHz)
+//! except when 8 kHz is one side: there 80 dB within 2.5 ms of delay leaves a
+//! ~1 kHz transition band, so the edge is 3,500 Hz (0.875 x Nyquist; the filter
+//! stays within 0.1 dB to ~3,530 Hz).
 //!
 //! Filter per pair (Fs = L x from is the filter's rate): half-length D =
-//! min(2.5 ms, 26 / lower-rate-in-kHz ms) x Fs, rounded to a multiple of M so the
-//! delay is a whole number of output samples; N = 2D + 1 taps; Kaiser beta 8.3;
-//! cutoff = lower/2 - 144 Hz*ms / (D / Fs). Examples: 8k->16k D=40 N=81 (2 phases of
-//! 48 padded taps), 16k->8k N=81 (96), 8k->24k N=121 (3 x 48), 24k->8k N=121 (128),
-//! 16k->24k D=78 N=157 (3 x 64), 24k->16k N=157 (2 x 80).
+//! min(2.5 ms, 24 / lower-rate-in-kHz ms) x Fs, rounded to a multiple of M so the
+//! delay is a whole number of output samples; a Kaiser window (beta 8.3) over
+//! 2D + 1 points whose two end taps (~1e-5) are dropped, so N = 2D - 1 non-zero
+//! taps; cutoff = lower/2 - 144 Hz*ms / (D / Fs). The 24 (rather than 26, which gave
+//! 0.019 dB ripple) and the dropped ends make every phase fill whole 8-tap blocks.
+//! Examples (non-zero taps; per phase padded to 16 for the 16-tap table / to 8 for
+//! `packed`): 8k->16k D=40 N=79 (2 phases of 48 / 40), 16k->8k N=79 (96 / 80),
+//! 8k->24k N=119 (3 x 48 / 40), 24k->8k N=119 (128 / 120), 16k->24k D=72 N=143
+//! (3 x 64 / 48), 24k->16k N=143 (2 x 80 / 72).
 
 #![allow(unsafe_code)]
 
@@ -117,8 +143,16 @@ pub struct Resampler {
     /// Taps per phase, padded to a multiple of 16; 0 for passthrough.
     taps: usize,
     /// Phase-major coefficients; per phase, per 16-tap block: 16 `hi` then 16 `lo`,
-    /// ordered oldest input sample first.
+    /// ordered oldest input sample first (the portable and SSE4.1 kernels' layout).
     coefs: Box<[i16]>,
+    /// The same coefficients for the AVX2 cycle kernels: only the last `8 * blocks8`
+    /// taps of each phase (the ones before are zero padding), per 8-tap block 8 `hi`
+    /// then 8 `lo`, so one 256-bit `pmaddwd` against an 8-sample window broadcast to
+    /// both halves yields hi partial sums in the low half and lo in the high half.
+    packed: Box<[i16]>,
+    /// Taps per phase after the leading zeros common to all phases, in blocks of 8
+    /// (rounded up).
+    blocks8: usize,
     /// Per phase: (phase of the next output, input samples to advance).
     next: Box<[(u32, u32)]>,
     /// `taps - 1` samples of history followed by up to [`BLOCK`] new samples.
@@ -199,6 +233,8 @@ impl Resampler {
                 m,
                 taps: 0,
                 coefs: Box::new([]),
+                packed: Box::new([]),
+                blocks8: 0,
                 next: Box::new([(0, 1)]),
                 buf: Box::new([]),
                 off: 0,
@@ -208,9 +244,10 @@ impl Resampler {
             };
         }
         let fs = (l * fin) as f64;
-        // Half-length in output samples: 26 ms*kHz / lower rate (enough for 0.9 x
-        // Nyquist with 80 dB), capped at 2.5 ms (fout / 400, an integer for all rates).
-        let d_out = (26 * fout).div_ceil(low).min(fout / 400);
+        // Half-length in output samples: 24 ms*kHz / lower rate (enough for 0.9 x
+        // Nyquist with 80 dB and 0.05 dB ripple), capped at 2.5 ms (fout / 400, an
+        // integer for all rates).
+        let d_out = (24 * fout).div_ceil(low).min(fout / 400);
         let d = d_out * m;
         let tau_ms = d as f64 * 1000.0 / fs;
         let fc = low as f64 / 2.0 - 144.0 / tau_ms;
@@ -234,6 +271,11 @@ impl Resampler {
                 s * w
             })
             .collect();
+        // The two end taps (a sinc tail times the window's edge weight 1/I0(beta),
+        // ~1e-5) are dropped: the delay stays D, and every phase then fits whole
+        // 8-tap blocks for 8k<->16k, 8k->24k and 24k->8k (39-40 and 79 / 119 taps).
+        h[0] = 0.0;
+        h[n - 1] = 0.0;
         let sum: f64 = h.iter().sum();
         for v in &mut h {
             *v *= l as f64 / sum;
@@ -275,6 +317,17 @@ impl Resampler {
             "resampler filter gain {worst_sum} {from:?}->{to:?}"
         );
 
+        // Live taps: all but the leading zeros common to every phase.
+        let lead = (0..taps)
+            .take_while(|&i| {
+                (0..l).all(|p| {
+                    coefs[p * 2 * taps + (i / 16) * 32 + i % 16] == 0
+                        && coefs[p * 2 * taps + (i / 16) * 32 + 16 + i % 16] == 0
+                })
+            })
+            .count();
+        let blocks8 = (taps - lead).div_ceil(8);
+        let packed = pack_blocks8(&coefs, l, taps, blocks8);
         let next = (0..l)
             .map(|p| (((p + m) % l) as u32, ((p + m) / l) as u32))
             .collect();
@@ -285,6 +338,8 @@ impl Resampler {
             m,
             taps,
             coefs: coefs.into_boxed_slice(),
+            packed,
+            blocks8,
             next,
             buf: vec![0i16; taps - 1 + BLOCK].into_boxed_slice(),
             off: 0,
@@ -372,8 +427,12 @@ impl Resampler {
             let out = &mut output[written..];
             let tables = Tables {
                 coefs: &self.coefs,
+                packed: &self.packed,
+                blocks8: self.blocks8,
                 next: &self.next,
                 taps: self.taps,
+                l: self.l,
+                m: self.m,
             };
             let buf = &self.buf[..hist + n];
             let w = match self.kernel {
@@ -397,11 +456,39 @@ impl Resampler {
     }
 }
 
+/// Re-lays the 16-tap-block table out for the AVX2 cycle kernels (see
+/// `Resampler::packed`): per phase, the last `8 * blocks8` taps in 8-tap blocks of 8
+/// `hi` then 8 `lo`. The taps dropped in front are zero in every phase.
+fn pack_blocks8(coefs: &[i16], l: usize, taps: usize, blocks8: usize) -> Box<[i16]> {
+    let live = 8 * blocks8;
+    let skip = taps - live;
+    let mut packed = vec![0i16; l * 16 * blocks8];
+    for p in 0..l {
+        let phase = &coefs[p * 2 * taps..(p + 1) * 2 * taps];
+        let hi = |i: usize| phase[(i / 16) * 32 + i % 16];
+        let lo = |i: usize| phase[(i / 16) * 32 + 16 + i % 16];
+        assert!(
+            (0..skip).all(|i| hi(i) == 0 && lo(i) == 0),
+            "non-zero padding"
+        );
+        for j in 0..live {
+            let at = (p * blocks8 + j / 8) * 16 + j % 8;
+            packed[at] = hi(skip + j);
+            packed[at + 8] = lo(skip + j);
+        }
+    }
+    packed.into_boxed_slice()
+}
+
 /// Read-only filter tables handed to a kernel run.
 struct Tables<'a> {
     coefs: &'a [i16],
+    packed: &'a [i16],
+    blocks8: usize,
     next: &'a [(u32, u32)],
     taps: usize,
+    l: usize,
+    m: usize,
 }
 
 /// Next output position: its window ends at new-input index `rel`, with `phase`.
@@ -632,13 +719,198 @@ unsafe fn finish4(hs: arch::__m128i, ls: arch::__m128i) -> [i16; 4] {
     }
 }
 
+/// The AVX2 run: the ratios the call path uses (and the pairs that reduce to them)
+/// get a [`run_cycles`] loop specialised at compile time; any other ratio the generic
+/// [`run`] loop.
+///
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn run_avx2(t: &Tables<'_>, buf: &[i16], n: usize, pos: &mut Pos, out: &mut [i16]) -> usize {
-    // SAFETY: AVX2 is present (this function's own precondition).
-    unsafe { run::<Avx2>(t, buf, n, pos, out) }
+    // SAFETY: AVX2 is present (this function's own precondition); each `run_cycles`
+    // is instantiated with the (L, M) it is called for.
+    unsafe {
+        match (t.l, t.m, t.blocks8) {
+            // The call-path directions, block count fixed too (fully unrolled).
+            (2, 1, 5) => run_cycles::<2, 1, 8, 5>(t, buf, n, pos, out),
+            (1, 2, 10) => run_cycles::<1, 2, 8, 10>(t, buf, n, pos, out),
+            (3, 1, 5) => run_cycles::<3, 1, 12, 5>(t, buf, n, pos, out),
+            (1, 3, 15) => run_cycles::<1, 3, 8, 15>(t, buf, n, pos, out),
+            (3, 2, 6) => run_cycles::<3, 2, 6, 6>(t, buf, n, pos, out),
+            (2, 3, 9) => run_cycles::<2, 3, 8, 9>(t, buf, n, pos, out),
+            // Other pairs with the same ratios (12k->24k, 16k->48k, ...).
+            (2, 1, _) => run_cycles::<2, 1, 8, 0>(t, buf, n, pos, out),
+            (1, 2, _) => run_cycles::<1, 2, 8, 0>(t, buf, n, pos, out),
+            (3, 1, _) => run_cycles::<3, 1, 12, 0>(t, buf, n, pos, out),
+            (1, 3, _) => run_cycles::<1, 3, 8, 0>(t, buf, n, pos, out),
+            (3, 2, _) => run_cycles::<3, 2, 6, 0>(t, buf, n, pos, out),
+            (2, 3, _) => run_cycles::<2, 3, 8, 0>(t, buf, n, pos, out),
+            _ => run::<Avx2>(t, buf, n, pos, out),
+        }
+    }
+}
+
+/// The AVX2 run loop for the ratio L/M known at compile time (and the block count
+/// `NB` when it is not 0, which lets the compiler unroll the dot products). Outputs come in phase
+/// cycles of L (phases `k * M % L`, window offsets `k * M / L`, then M samples on);
+/// whole groups of `G` outputs (`G / L` cycles) starting at phase 0 go through
+/// [`group_avx2`], which shares every window load between the phases that use it
+/// and every coefficient load between the cycles. A chunk that starts mid-cycle and
+/// the tail of a chunk go one output at a time through [`Avx2::dot1`]. Returns the
+/// number written.
+///
+/// # Safety
+/// AVX2 must be present, `(t.l, t.m) == (L, M)` and `NB` 0 or `t.blocks8`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn run_cycles<const L: usize, const M: usize, const G: usize, const NB: usize>(
+    t: &Tables<'_>,
+    buf: &[i16],
+    n: usize,
+    pos: &mut Pos,
+    out: &mut [i16],
+) -> usize {
+    debug_assert!(G % L == 0 && G % 2 == 0 && (t.l, t.m) == (L, M));
+    debug_assert!(NB == 0 || NB == t.blocks8);
+    let nb = if NB == 0 { t.blocks8 } else { NB };
+    let taps = t.taps;
+    let stride = 2 * taps;
+    let skip = taps - 8 * nb;
+    let last = (G - 1) * M / L;
+    let (mut r, mut p, mut w) = (pos.rel, pos.phase, 0);
+    loop {
+        if p == 0 && r + last < n {
+            // Every window of the group (at r + offset, offset <= last) lies in `win`;
+            // in bounds because `buf` holds `taps - 1 + n` samples.
+            let win = &buf[r + skip..r + last + taps];
+            // SAFETY: AVX2 and (L, M) are this function's preconditions; the slices
+            // have the lengths `group_avx2` requires.
+            unsafe { group_avx2::<L, M, G>(win, t.packed, nb, &mut out[w..w + G]) };
+            w += G;
+            r += G / L * M;
+        } else if r < n {
+            // SAFETY: AVX2 is present; exact `taps` / `2 * taps` slices.
+            out[w] =
+                unsafe { Avx2::dot1(&buf[r..r + taps], &t.coefs[p * stride..(p + 1) * stride]) };
+            w += 1;
+            let (np, adv) = t.next[p];
+            (p, r) = (np as usize, r + adv as usize);
+        } else {
+            break;
+        }
+    }
+    pos.rel = r;
+    pos.phase = p;
+    w
+}
+
+/// `G` consecutive outputs starting at phase 0 (see [`run_cycles`]) from the packed
+/// table: output k dots the 8-tap blocks of the window at offset `k * M / L` with the
+/// blocks of phase `k * M % L`, one 256-bit accumulator per output (hi sums in the
+/// low half, lo sums in the high half), then all are reduced together.
+///
+/// # Safety
+/// AVX2 must be present; `win` must hold `(G - 1) * M / L + 8 * nb` samples, `packed`
+/// `L * 16 * nb` coefficients and `dst` exactly `G` slots.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn group_avx2<const L: usize, const M: usize, const G: usize>(
+    win: &[i16],
+    packed: &[i16],
+    nb: usize,
+    dst: &mut [i16],
+) {
+    debug_assert!(win.len() >= (G - 1) * M / L + 8 * nb);
+    debug_assert!(packed.len() == L * 16 * nb && dst.len() == G);
+    // SAFETY: AVX2 per the precondition. Window loads read 8 samples at
+    // `offset + 8 * b` with offset <= (G - 1) * M / L and b < nb, inside `win`;
+    // coefficient loads read 16 at `(phase * nb + b) * 16` with phase < L, b < nb,
+    // inside `packed`.
+    unsafe {
+        let (wp, cp) = (win.as_ptr(), packed.as_ptr());
+        let mut acc = [arch::_mm256_setzero_si256(); G];
+        for b in 0..nb {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let (phase, offset) = ((k * M) % L, (k * M) / L);
+                let x = arch::_mm256_broadcastsi128_si256(arch::_mm_loadu_si128(
+                    wp.add(offset + 8 * b).cast(),
+                ));
+                let c = arch::_mm256_loadu_si256(cp.add((phase * nb + b) * 16).cast());
+                *a = arch::_mm256_add_epi32(*a, arch::_mm256_madd_epi16(x, c));
+            }
+        }
+        finish_packed(&acc, dst);
+    }
+}
+
+/// Reduces packed accumulators (hi partial sums in the low 128 bits, lo in the high)
+/// with `phaddd` trees, eight, then four, then two at a time, and writes the
+/// rounded, saturated outputs to `dst` (same length as `acc`, even).
+///
+/// # Safety
+/// AVX2 must be present.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn finish_packed(acc: &[arch::__m256i], dst: &mut [i16]) {
+    debug_assert!(acc.len() == dst.len() && acc.len() % 2 == 0);
+    // SAFETY: AVX2 per the precondition; register-only intrinsics except the
+    // 16-byte store into an 8-slot chunk of `dst`.
+    unsafe {
+        // [a0 a1 a2 a3 hi sums | a0 a1 a2 a3 lo sums]
+        let quad = |a: &[arch::__m256i]| {
+            arch::_mm256_hadd_epi32(
+                arch::_mm256_hadd_epi32(a[0], a[1]),
+                arch::_mm256_hadd_epi32(a[2], a[3]),
+            )
+        };
+        let halves = |s: arch::__m256i| {
+            finish4(
+                arch::_mm256_castsi256_si128(s),
+                arch::_mm256_extracti128_si256::<1>(s),
+            )
+        };
+        let mut octets = acc.chunks_exact(8);
+        let mut out = dst.chunks_exact_mut(8);
+        for (a, d) in (&mut octets).zip(&mut out) {
+            let (q0, q1) = (quad(&a[..4]), quad(&a[4..]));
+            let hs = arch::_mm256_permute2x128_si256::<0x20>(q0, q1);
+            let ls = arch::_mm256_permute2x128_si256::<0x31>(q0, q1);
+            let y = finish8(hs, ls);
+            arch::_mm_storeu_si128(d.as_mut_ptr().cast(), y);
+        }
+        let mut rest = octets.remainder();
+        let mut out = out.into_remainder();
+        if rest.len() >= 4 {
+            out[..4].copy_from_slice(&halves(quad(&rest[..4])));
+            (rest, out) = (&rest[4..], &mut out[4..]);
+        }
+        if let [a0, a1] = rest {
+            let h = arch::_mm256_hadd_epi32(*a0, *a1);
+            let y = halves(arch::_mm256_hadd_epi32(h, h));
+            out.copy_from_slice(&y[..2]);
+        }
+    }
+}
+
+/// `finish` on eight lanes (hi sums, lo sums): the outputs in order.
+///
+/// # Safety
+/// AVX2 must be present.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn finish8(hs: arch::__m256i, ls: arch::__m256i) -> arch::__m128i {
+    // SAFETY: AVX2 per the precondition (register-only intrinsics).
+    unsafe {
+        let acc = arch::_mm256_add_epi32(hs, arch::_mm256_srai_epi32::<8>(ls));
+        let acc = arch::_mm256_srai_epi32::<FRAC_BITS>(arch::_mm256_add_epi32(
+            acc,
+            arch::_mm256_set1_epi32(1 << (FRAC_BITS - 1)),
+        ));
+        // packs works per 128-bit half: [y0..y3 y0..y3 | y4..y7 y4..y7].
+        let packed = arch::_mm256_packs_epi32(acc, acc);
+        arch::_mm256_castsi256_si128(arch::_mm256_permute4x64_epi64::<0b1000>(packed))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1194,6 +1466,36 @@ mod tests {
             sum += out[..n].iter().map(|&v| v as i64).sum::<i64>();
         }
         println!("{from:?}->{to:?} [{}] checksum {sum}", r.kernel());
+    }
+
+    /// Best-of-many wall time per 20 ms frame for the call-path directions (the
+    /// minimum over 200 batches of 200 frames is robust on a shared machine):
+    /// `<test binary> --ignored --exact media::resample::tests::frame_time_min --nocapture`.
+    #[test]
+    #[ignore = "timing aid, not a check"]
+    fn frame_time_min() {
+        for (from, to) in REQUIRED {
+            for mut r in [Resampler::new(from, to), Resampler::new_scalar(from, to)] {
+                let x = signal(from, from.samples_per_frame(), 1);
+                let mut out = vec![0i16; to.samples_per_frame()];
+                let batch = if r.kernel() == "scalar" { 20 } else { 200 };
+                let mut best = f64::MAX;
+                for _ in 0..200 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..batch {
+                        r.process(std::hint::black_box(&x), std::hint::black_box(&mut out))
+                            .unwrap();
+                    }
+                    best = best.min(t.elapsed().as_nanos() as f64 / batch as f64);
+                }
+                println!(
+                    "frame_time_min {:>5}->{:>5} [{}]: {best:.0} ns",
+                    from.hz(),
+                    to.hz(),
+                    r.kernel()
+                );
+            }
+        }
     }
 
     #[test]
