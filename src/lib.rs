@@ -16,4 +16,7 @@
 
 pub mod call;
 pub mod config;
+pub mod engine;
+pub mod loadgen;
 pub mod media;
+pub mod provider;

@@ -1,0 +1,1 @@
+//! Placeholder: the shard <-> control bridge (rings and wake-ups) lands here.

@@ -1,0 +1,1 @@
+//! Placeholder: the I/O backends (epoll, io_uring) land here.

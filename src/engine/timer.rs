@@ -1,0 +1,1 @@
+//! Placeholder: the hashed timer wheel lands here.

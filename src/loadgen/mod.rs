@@ -1,0 +1,1 @@
+//! Placeholder: load generator building blocks land here.

@@ -1,0 +1,1 @@
+//! Placeholder: providers (Provider trait, echo, sim) land here.
