@@ -401,6 +401,8 @@ pub enum ProviderName {
     /// Built-in simulator (no network, for tests and load generation).
     #[default]
     Sim,
+    /// Built-in echo agent: the caller's audio comes straight back (fidelity tests).
+    Echo,
     /// OpenAI Realtime (GA API).
     OpenaiRealtime,
     /// Deepgram Voice Agent v1.
@@ -411,8 +413,9 @@ pub enum ProviderName {
 
 impl ProviderName {
     /// Every provider, in documentation order.
-    pub const ALL: [ProviderName; 4] = [
+    pub const ALL: [ProviderName; 5] = [
         ProviderName::Sim,
+        ProviderName::Echo,
         ProviderName::OpenaiRealtime,
         ProviderName::Deepgram,
         ProviderName::Local,
@@ -422,6 +425,7 @@ impl ProviderName {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Sim => "sim",
+            Self::Echo => "echo",
             Self::OpenaiRealtime => "openai_realtime",
             Self::Deepgram => "deepgram",
             Self::Local => "local",
@@ -448,6 +452,7 @@ impl ProvidersConfig {
     pub fn is_enabled(&self, name: ProviderName) -> bool {
         match name {
             ProviderName::Sim => self.sim.enabled,
+            ProviderName::Echo => true,
             ProviderName::OpenaiRealtime => self.openai_realtime.enabled,
             ProviderName::Deepgram => self.deepgram.enabled,
             ProviderName::Local => self.local.enabled,

@@ -434,3 +434,11 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn echo_is_a_built_in_provider() {
+    let loaded = parse_str("default_provider: echo\n").expect("echo needs no provider block");
+    assert_eq!(loaded.config.default_provider, ProviderName::Echo);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert!(parse_str("default_provider: nonesuch\n").is_err());
+}
