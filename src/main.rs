@@ -66,11 +66,28 @@ fn check(config: Option<PathBuf>) -> ExitCode {
             } else {
                 eprintln!("configuration: built-in defaults (valid)");
             }
+            for note in deployment_notes(&loaded.config) {
+                eprintln!("note: {note}");
+            }
             print!("{}", loaded.config.to_masked_yaml());
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
+}
+
+/// Advice about the surroundings that is not a configuration error.
+fn deployment_notes(cfg: &voxd::config::Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let port = cfg.external_media.rtp_port;
+    if (5000..=31000).contains(&port) {
+        notes.push(format!(
+            "external_media.rtp_port {port} lies inside Asterisk's default RTP port range \
+             (rtp.conf rtpstart=5000, rtpend=31000): move Asterisk's range or voxd's port so \
+             Asterisk never allocates it to a call"
+        ));
+    }
+    notes
 }
 
 fn serve(config: Option<PathBuf>) -> ExitCode {
