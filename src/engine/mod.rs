@@ -5,6 +5,7 @@
 //! clock, and the shard threads. Must not: lock on the hot path, allocate per
 //! frame, or touch provider connections (those live on the control runtime).
 
+pub mod asconn;
 pub mod bridge;
 pub mod io;
 pub mod timer;
