@@ -9,6 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// voxd: media server for AI voice agents on Asterisk.
 #[derive(Debug, Parser)]
 #[command(name = "voxd", version, about)]
@@ -95,15 +98,90 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
+    init_logging(&loaded.config);
     let source = loaded
         .source
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
-    eprintln!("configuration: {source} (valid)");
-    eprintln!(
-        "error: voxd serve: the engine (shards, AudioSocket and RTP transports) is not built \
-         yet; the configuration was loaded and validated, nothing was started. Track: issue 3."
-    );
-    ExitCode::from(2)
+    tracing::info!(config = %source, "configuration loaded");
+    let registry = match voxd::provider::Registry::from_config(&loaded.config) {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("voxd-control")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the control runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let engine = match voxd::engine::runner::Engine::start(&loaded.config, registry) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Some(note) = &engine.backend_note {
+            tracing::warn!("{note}");
+        }
+        tracing::info!(
+            audiosocket = %engine.audiosocket_addr,
+            rtp = %engine.rtp_addr,
+            shards = engine.shards,
+            io_backend = engine.backend.as_str(),
+            provider = loaded.config.default_provider.as_str(),
+            "voxd listening"
+        );
+        eprintln!(
+            "voxd: AudioSocket on {} (tcp), RTP on {} (udp), {} shard(s), io backend {}, agent `{}`; Ctrl-C to stop",
+            engine.audiosocket_addr,
+            engine.rtp_addr,
+            engine.shards,
+            engine.backend.as_str(),
+            loaded.config.default_provider.as_str()
+        );
+        wait_for_shutdown().await;
+        tracing::info!("stopping: ending calls");
+        let stats = engine.stop().await;
+        let calls: u64 = stats.iter().map(|s| s.calls_started).sum();
+        tracing::info!(calls, "stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+fn init_logging(cfg: &voxd::config::Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VOXD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.logging.level.as_str()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.logging.format {
+        voxd::config::LogFormat::Json => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
 }

@@ -29,7 +29,11 @@ impl AllowList {
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let prefix = match prefix {
                 None => max,
-                Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(|| e.to_string())?,
+                Some(p) => p
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&p| p <= max)
+                    .ok_or_else(|| e.to_string())?,
             };
             nets.push((ip, prefix));
         }
@@ -45,11 +49,19 @@ impl AllowList {
         };
         self.nets.iter().any(|&(net, prefix)| match (net, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+                let mask = if prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(prefix))
+                };
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+                let mask = if prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(prefix))
+                };
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -72,8 +84,13 @@ mod tests {
         assert!(a.allows("2001:db8:ffff::1".parse().unwrap()));
         assert!(a.allows("::ffff:127.0.0.1".parse().unwrap()), "v4-mapped");
         assert!(!AllowList::default().allows("127.0.0.1".parse().unwrap()));
-        assert!(AllowList::parse(&["0.0.0.0/0"]).unwrap().allows("8.8.8.8".parse().unwrap()));
-        assert_eq!(AllowList::parse(&["10.0.0.0/33"]), Err("10.0.0.0/33".into()));
+        assert!(AllowList::parse(&["0.0.0.0/0"])
+            .unwrap()
+            .allows("8.8.8.8".parse().unwrap()));
+        assert_eq!(
+            AllowList::parse(&["10.0.0.0/33"]),
+            Err("10.0.0.0/33".into())
+        );
         assert_eq!(AllowList::parse(&["nope"]), Err("nope".into()));
     }
 }

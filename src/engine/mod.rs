@@ -5,7 +5,11 @@
 //! clock, and the shard threads. Must not: lock on the hot path, allocate per
 //! frame, or touch provider connections (those live on the control runtime).
 
+pub mod allow;
 pub mod asconn;
 pub mod bridge;
+pub mod control;
 pub mod io;
+pub mod runner;
+pub mod shard;
 pub mod timer;

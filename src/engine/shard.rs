@@ -1,0 +1,806 @@
+//! One shard: a pinned thread's event loop that owns its media sockets, its calls
+//! and their 20 ms pacing.
+//!
+//! Owns: the shard's AudioSocket listener and connections, its RTP socket and the
+//! per-source RTP sessions, a slab of calls (`call::Call` plus transport state), the
+//! timer wheel that paces them, and the shard end of the bridge to the control
+//! runtime. Reads the clock once per loop turn.
+//!
+//! Must not: lock, block (every socket is non-blocking, the only wait is
+//! `Backend::wait`), or talk to providers (that is the control runtime's job, across
+//! the bridge). A protocol error ends only its own connection or call.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::allow::AllowList;
+use super::asconn::{AsConn, AsEvent};
+use super::bridge::{
+    AudioChunk, CallInfo, CallKey, EndReason, ShardEnd, ToControl, ToShard, Transport, CHUNK_BYTES,
+};
+use super::io::{monotonic_ms, AnyBackend, Backend, Events, Interest};
+use super::io::{recv_batch, send_batch, UdpBatch};
+use super::timer::TimerWheel;
+use crate::call::{Call, CallConfig, Codec, Input, Output};
+use crate::media::rtp::{self, RtpSender, SeqExtender};
+
+const TOKEN_WAKE: u64 = 0;
+const TOKEN_LISTENER: u64 = 1;
+const TOKEN_UDP: u64 = 2;
+const TOKEN_CONN_BASE: u64 = 16;
+/// Outbound bytes a stalled AudioSocket peer may leave unread before its call ends.
+const MAX_TX_BACKLOG: usize = 64 * 1024;
+/// Report played agent audio to the control side every this many ms.
+const PLAYED_REPORT_MS: u32 = 100;
+
+/// Everything a shard is built with.
+#[derive(Debug, Clone)]
+pub struct ShardSpec {
+    /// Shard index (also in every `CallKey`).
+    pub index: u16,
+    /// Calls this shard may hold at once.
+    pub max_calls: usize,
+    /// Codec of AudioSocket connections (`audiosocket.format`).
+    pub audiosocket_codec: Codec,
+    /// Largest AudioSocket payload accepted.
+    pub max_frame_bytes: usize,
+    /// AudioSocket peers allowed to connect.
+    pub audiosocket_allow: AllowList,
+    /// Codec of RTP calls (`external_media.codec`).
+    pub rtp_codec: Codec,
+    /// RTP sources allowed.
+    pub rtp_allow: AllowList,
+    /// An RTP call ends after this long without packets.
+    pub rtp_idle_timeout_ms: u64,
+    /// Codec the provider uses (both directions) for AudioSocket calls.
+    pub audiosocket_provider_codec: Codec,
+    /// Codec the provider uses (both directions) for RTP calls.
+    pub rtp_provider_codec: Codec,
+    /// Playout, barge-in and jitter settings for new calls (codecs are filled in).
+    pub call_template: CallConfig,
+}
+
+/// Counters of one shard (read by the engine's owner after the loop ends, and
+/// later exported per shard).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Calls started.
+    pub calls_started: u64,
+    /// Calls ended.
+    pub calls_ended: u64,
+    /// Connections or sources refused (allowlist, max_calls).
+    pub refused: u64,
+    /// Calls ended by a protocol error.
+    pub protocol_errors: u64,
+    /// RTP packets dropped (bad parse, wrong payload type, not allowed).
+    pub rtp_dropped: u64,
+    /// Frames sent to callers.
+    pub frames_out: u64,
+    /// Bridge messages dropped because the ring was full.
+    pub bridge_dropped: u64,
+    /// Agent audio bytes the playout could not take.
+    pub agent_audio_dropped: u64,
+}
+
+enum Media {
+    AudioSocket {
+        stream: TcpStream,
+        conn: AsConn,
+        tx: BytesMut,
+        started: bool,
+        writable_armed: bool,
+    },
+    Rtp {
+        peer: SocketAddr,
+        sender: RtpSender,
+        seq: SeqExtender,
+        last_rx_ms: u64,
+    },
+}
+
+struct Slot {
+    generation: u16,
+    live: Option<Live>,
+}
+
+struct Live {
+    call: Call,
+    media: Media,
+    played_frames_reported: u64,
+}
+
+/// A shard's state and loop. Build with `new`, run with `run` on its own thread.
+pub struct Shard {
+    spec: ShardSpec,
+    backend: AnyBackend,
+    events: Events,
+    timer: TimerWheel,
+    bridge: ShardEnd,
+    listener: Option<TcpListener>,
+    udp: Option<UdpSocket>,
+    udp_rx: UdpBatch,
+    udp_tx: UdpBatch,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_uuid: HashMap<[u8; 16], u32>,
+    by_peer: HashMap<SocketAddr, u32>,
+    expired: Vec<u32>,
+    read_buf: Box<[u8]>,
+    stats: ShardStats,
+}
+
+impl Shard {
+    /// A shard over already-bound sockets (one `SO_REUSEPORT` listener and/or UDP
+    /// socket per shard) and its bridge end.
+    pub fn new(
+        spec: ShardSpec,
+        backend: AnyBackend,
+        listener: Option<TcpListener>,
+        udp: Option<UdpSocket>,
+        bridge: ShardEnd,
+    ) -> io::Result<Shard> {
+        let mut backend = backend;
+        backend.register(bridge.wake_fd(), TOKEN_WAKE, Interest::READABLE)?;
+        if let Some(l) = &listener {
+            l.set_nonblocking(true)?;
+            backend.register(l.as_raw_fd(), TOKEN_LISTENER, Interest::READABLE)?;
+        }
+        if let Some(u) = &udp {
+            u.set_nonblocking(true)?;
+            backend.register(u.as_raw_fd(), TOKEN_UDP, Interest::READABLE)?;
+        }
+        let n = spec.max_calls.max(1);
+        Ok(Shard {
+            timer: TimerWheel::new(monotonic_ms(), n),
+            slots: (0..n)
+                .map(|_| Slot {
+                    generation: 0,
+                    live: None,
+                })
+                .collect(),
+            free: (0..n as u32).rev().collect(),
+            by_uuid: HashMap::with_capacity(n),
+            by_peer: HashMap::with_capacity(n),
+            expired: Vec::with_capacity(n),
+            events: Events::with_capacity(1024),
+            udp_rx: UdpBatch::new(64),
+            udp_tx: UdpBatch::new(64),
+            read_buf: vec![0; 64 * 1024].into_boxed_slice(),
+            spec,
+            backend,
+            bridge,
+            listener,
+            udp,
+            stats: ShardStats::default(),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            bridge_dropped: self.bridge.dropped(),
+            ..self.stats
+        }
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Run until `stop` is set; then end every call (`Shutdown`) and return.
+    pub fn run(&mut self, stop: &Arc<AtomicBool>) -> io::Result<ShardStats> {
+        while !stop.load(Ordering::Relaxed) {
+            let now = monotonic_ms();
+            let timeout = match self.timer.next_deadline() {
+                Some(d) => d.saturating_sub(now).min(10) as u32,
+                None => 10,
+            };
+            self.turn(Some(timeout))?;
+        }
+        let now = monotonic_ms();
+        for slot in 0..self.slots.len() as u32 {
+            self.end_call(slot, EndReason::Shutdown, now);
+        }
+        self.flush_udp();
+        self.bridge.notify_control();
+        Ok(self.stats())
+    }
+
+    /// One loop turn: wait up to `timeout_ms`, then handle sockets, the bridge and
+    /// due timers. Public for tests that drive a shard step by step.
+    pub fn turn(&mut self, timeout_ms: Option<u32>) -> io::Result<()> {
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let waited = self.backend.wait(timeout_ms, &mut events);
+        let now = monotonic_ms();
+        if let Err(e) = waited {
+            self.events = events;
+            return Err(e);
+        }
+        for ev in events.iter() {
+            match ev.token {
+                TOKEN_WAKE => {
+                    self.bridge.drain_wake();
+                }
+                TOKEN_LISTENER => self.accept_all(now),
+                TOKEN_UDP => self.read_udp(now),
+                t => {
+                    let slot = (t - TOKEN_CONN_BASE) as u32;
+                    if ev.writable {
+                        self.flush_tcp(slot, now);
+                    }
+                    if ev.readable || ev.hup || ev.error {
+                        self.read_tcp(slot, now);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        self.drain_bridge(now);
+        self.expire_timers(now);
+        self.flush_udp();
+        self.bridge.notify_control();
+        Ok(())
+    }
+
+    fn key(&self, slot: u32) -> CallKey {
+        CallKey::new(self.spec.index, slot, self.slots[slot as usize].generation)
+    }
+
+    fn new_call(&mut self, caller: Codec, media: Media, now: u64) -> Option<u32> {
+        let slot = self.free.pop()?;
+        let provider = match media {
+            Media::AudioSocket { .. } => self.spec.audiosocket_provider_codec,
+            Media::Rtp { .. } => self.spec.rtp_provider_codec,
+        };
+        let cfg = CallConfig {
+            caller,
+            provider,
+            ..self.spec.call_template
+        };
+        self.slots[slot as usize].live = Some(Live {
+            call: Call::new(cfg, now),
+            media,
+            played_frames_reported: 0,
+        });
+        self.stats.calls_started += 1;
+        Some(slot)
+    }
+
+    fn started(&mut self, slot: u32, uuid: Option<[u8; 16]>, remote: SocketAddr) {
+        let Some(live) = self.slots[slot as usize].live.as_ref() else {
+            return;
+        };
+        let cfg = *live.call.config();
+        let transport = match live.media {
+            Media::AudioSocket { .. } => Transport::AudioSocket,
+            Media::Rtp { .. } => Transport::Rtp,
+        };
+        let info = CallInfo {
+            transport,
+            caller_codec: cfg.caller,
+            provider_codec: cfg.provider,
+            uuid,
+            remote,
+        };
+        let call = self.key(slot);
+        self.bridge.push(ToControl::CallStarted { call, info });
+    }
+
+    /// End a call: tell the control side, forget its addresses, free the slot.
+    fn end_call(&mut self, slot: u32, reason: EndReason, _now: u64) {
+        let s = &mut self.slots[slot as usize];
+        let Some(live) = s.live.take() else { return };
+        let call = CallKey::new(self.spec.index, slot, s.generation);
+        s.generation = s.generation.wrapping_add(1);
+        match live.media {
+            Media::AudioSocket { stream, conn, .. } => {
+                let _ = self.backend.deregister(stream.as_raw_fd());
+                if let Some(u) = conn.uuid() {
+                    if self.by_uuid.get(&u) == Some(&slot) {
+                        self.by_uuid.remove(&u);
+                    }
+                }
+                drop(stream);
+            }
+            Media::Rtp { peer, .. } => {
+                self.by_peer.remove(&peer);
+            }
+        }
+        self.timer.cancel(slot);
+        self.free.push(slot);
+        self.stats.calls_ended += 1;
+        if reason == EndReason::ProtocolError {
+            self.stats.protocol_errors += 1;
+        }
+        self.bridge.push(ToControl::CallEnded { call, reason });
+    }
+
+    // ---- AudioSocket ------------------------------------------------------------
+
+    fn accept_all(&mut self, now: u64) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.accepted(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    tracing::warn!(shard = self.spec.index, error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr, now: u64) {
+        if !self.spec.audiosocket_allow.allows(peer.ip()) {
+            self.stats.refused += 1;
+            tracing::warn!(shard = self.spec.index, "AudioSocket connection from a source not in audiosocket.allowed_remote_hosts refused");
+            return;
+        }
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        let conn = AsConn::new(self.spec.audiosocket_codec, self.spec.max_frame_bytes);
+        let media = Media::AudioSocket {
+            stream,
+            conn,
+            tx: BytesMut::with_capacity(4096),
+            started: false,
+            writable_armed: false,
+        };
+        let Some(slot) = self.new_call(self.spec.audiosocket_codec, media, now) else {
+            self.stats.refused += 1;
+            tracing::warn!(
+                shard = self.spec.index,
+                "AudioSocket connection refused: shard at max_calls"
+            );
+            return;
+        };
+        if self
+            .backend
+            .register(fd, TOKEN_CONN_BASE + u64::from(slot), Interest::READABLE)
+            .is_err()
+        {
+            self.end_call(slot, EndReason::ProtocolError, now);
+            return;
+        }
+        // The connection may already hold bytes (edge-triggered: read now).
+        self.read_tcp(slot, now);
+    }
+
+    fn read_tcp(&mut self, slot: u32, now: u64) {
+        let mut eof = false;
+        {
+            let Some(live) = self.slots[slot as usize].live.as_mut() else {
+                return;
+            };
+            let Media::AudioSocket { stream, conn, .. } = &mut live.media else {
+                return;
+            };
+            loop {
+                match stream.read(&mut self.read_buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => conn.rx().extend_from_slice(&self.read_buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+        }
+        self.handle_as_events(slot, now);
+        if eof && self.slots[slot as usize].live.is_some() {
+            self.end_call(slot, EndReason::CallerHangup, now);
+        }
+    }
+
+    fn handle_as_events(&mut self, slot: u32, now: u64) {
+        loop {
+            let Some(live) = self.slots[slot as usize].live.as_mut() else {
+                return;
+            };
+            let Media::AudioSocket {
+                conn,
+                stream,
+                started,
+                ..
+            } = &mut live.media
+            else {
+                return;
+            };
+            let ev = match conn.poll_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(shard = self.spec.index, error = %e, kind = e.label(), "AudioSocket protocol error; closing that connection");
+                    self.end_call(slot, EndReason::ProtocolError, now);
+                    return;
+                }
+            };
+            match ev {
+                AsEvent::Uuid(uuid) => {
+                    *started = true;
+                    let remote = stream
+                        .peer_addr()
+                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    if let Some(old) = self.by_uuid.insert(uuid, slot) {
+                        if old != slot {
+                            self.end_call(old, EndReason::Replaced, now);
+                            self.by_uuid.insert(uuid, slot);
+                        }
+                    }
+                    self.started(slot, Some(uuid), remote);
+                    self.flush_outputs(slot, now);
+                }
+                AsEvent::Audio(payload) => {
+                    if let Err(e) = live.call.handle_input(Input::CallerAudio {
+                        at_ms: now,
+                        payload: &payload,
+                    }) {
+                        tracing::warn!(shard = self.spec.index, error = %e, "bad caller audio; closing that connection");
+                        self.end_call(slot, EndReason::ProtocolError, now);
+                        return;
+                    }
+                    self.flush_outputs(slot, now);
+                }
+                AsEvent::Dtmf(digit) => {
+                    let call = self.key(slot);
+                    self.bridge.push(ToControl::Dtmf { call, digit });
+                }
+                AsEvent::Hangup => {
+                    self.end_call(slot, EndReason::CallerHangup, now);
+                    return;
+                }
+                AsEvent::Unknown(_) | AsEvent::PeerError(_) => {}
+            }
+        }
+    }
+
+    fn flush_tcp(&mut self, slot: u32, now: u64) {
+        let mut stalled = false;
+        {
+            let Some(live) = self.slots[slot as usize].live.as_mut() else {
+                return;
+            };
+            let Media::AudioSocket {
+                stream,
+                tx,
+                writable_armed,
+                ..
+            } = &mut live.media
+            else {
+                return;
+            };
+            while !tx.is_empty() {
+                match stream.write(tx) {
+                    Ok(0) => {
+                        stalled = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        let _ = tx.split_to(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        stalled = true;
+                        break;
+                    }
+                }
+            }
+            let want_write = !tx.is_empty();
+            if want_write != *writable_armed {
+                let interest = if want_write {
+                    Interest::BOTH
+                } else {
+                    Interest::READABLE
+                };
+                let _ = self.backend.reregister(
+                    stream.as_raw_fd(),
+                    TOKEN_CONN_BASE + u64::from(slot),
+                    interest,
+                );
+                *writable_armed = want_write;
+            }
+            if tx.len() > MAX_TX_BACKLOG {
+                stalled = true;
+            }
+        }
+        if stalled {
+            tracing::warn!(
+                shard = self.spec.index,
+                "AudioSocket peer stopped reading; ending its call"
+            );
+            self.end_call(slot, EndReason::ProtocolError, now);
+        }
+    }
+
+    // ---- RTP ----------------------------------------------------------------------
+
+    fn read_udp(&mut self, now: u64) {
+        loop {
+            let Some(sock) = &self.udp else { return };
+            let n = match recv_batch(sock, &mut self.udp_rx) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(shard = self.spec.index, error = %e, "RTP receive failed");
+                    return;
+                }
+            };
+            for i in 0..n {
+                let (len, from) = {
+                    let (data, from) = self.udp_rx.get(i);
+                    (data.len(), from)
+                };
+                let _ = len;
+                self.rtp_packet(i, from, now);
+            }
+        }
+    }
+
+    fn rtp_packet(&mut self, i: usize, from: SocketAddr, now: u64) {
+        let slot = match self.by_peer.get(&from) {
+            Some(&s) => s,
+            None => {
+                if !self.spec.rtp_allow.allows(from.ip()) {
+                    self.stats.rtp_dropped += 1;
+                    self.stats.refused += 1;
+                    return;
+                }
+                let (data, _) = self.udp_rx.get(i);
+                if rtp::parse(data).is_err() {
+                    self.stats.rtp_dropped += 1;
+                    return;
+                }
+                let pt = match self.spec.rtp_codec {
+                    Codec::Pcma => rtp::PT_PCMA,
+                    _ => rtp::PT_PCMU,
+                };
+                let seed = (now as u32) ^ u32::from(from.port()).rotate_left(16) ^ 0x5EED_F00D;
+                let media = Media::Rtp {
+                    peer: from,
+                    sender: RtpSender::new(seed, seed as u16, seed.rotate_left(7), pt, 160),
+                    seq: SeqExtender::new(),
+                    last_rx_ms: now,
+                };
+                let Some(slot) = self.new_call(self.spec.rtp_codec, media, now) else {
+                    self.stats.refused += 1;
+                    self.stats.rtp_dropped += 1;
+                    return;
+                };
+                self.by_peer.insert(from, slot);
+                self.started(slot, None, from);
+                slot
+            }
+        };
+        let (data, _) = self.udp_rx.get(i);
+        let Ok(pkt) = rtp::parse(data) else {
+            self.stats.rtp_dropped += 1;
+            return;
+        };
+        let want_pt = match self.spec.rtp_codec {
+            Codec::Pcma => rtp::PT_PCMA,
+            _ => rtp::PT_PCMU,
+        };
+        if pkt.header.payload_type != want_pt || pkt.payload.is_empty() {
+            self.stats.rtp_dropped += 1;
+            return;
+        }
+        let Some(live) = self.slots[slot as usize].live.as_mut() else {
+            return;
+        };
+        let Media::Rtp {
+            seq, last_rx_ms, ..
+        } = &mut live.media
+        else {
+            return;
+        };
+        *last_rx_ms = now;
+        let ext = seq.extend(pkt.header.sequence);
+        let _ = live.call.handle_input(Input::CallerRtp {
+            at_ms: now,
+            seq: ext,
+            payload: pkt.payload,
+        });
+        self.flush_outputs(slot, now);
+    }
+
+    fn flush_udp(&mut self) {
+        if self.udp_tx.is_empty() {
+            return;
+        }
+        if let Some(sock) = &self.udp {
+            match send_batch(sock, &mut self.udp_tx) {
+                Ok(o) if o.would_block => {
+                    // Late audio is useless: drop what the kernel would not take.
+                    self.udp_tx.clear();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(shard = self.spec.index, error = %e, "RTP send failed");
+                    self.udp_tx.clear();
+                }
+            }
+        } else {
+            self.udp_tx.clear();
+        }
+    }
+
+    // ---- bridge, timers, outputs ------------------------------------------------
+
+    fn drain_bridge(&mut self, now: u64) {
+        while let Some(msg) = self.bridge.pop() {
+            let (call, input) = match &msg {
+                ToShard::AgentAudio { call, chunk } => (
+                    *call,
+                    Some(Input::ProviderAudio {
+                        payload: chunk.as_slice(),
+                    }),
+                ),
+                ToShard::AgentAudioDone { call } => (*call, Some(Input::ProviderAudioDone)),
+                ToShard::SpeechStarted { call } => {
+                    (*call, Some(Input::ProviderSpeechStarted { at_ms: now }))
+                }
+                ToShard::Hangup { call, reason } => {
+                    if self.is_current(*call) {
+                        self.end_call(call.slot(), *reason, now);
+                    }
+                    (*call, None)
+                }
+            };
+            let Some(input) = input else { continue };
+            if !self.is_current(call) {
+                continue; // a message for a call that already ended
+            }
+            let slot = call.slot();
+            let Some(live) = self.slots[slot as usize].live.as_mut() else {
+                continue;
+            };
+            let given = match input {
+                Input::ProviderAudio { payload } => payload.len(),
+                _ => 0,
+            };
+            if let Ok(taken) = live.call.handle_input(input) {
+                if taken < given {
+                    self.stats.agent_audio_dropped += (given - taken) as u64;
+                }
+            }
+            self.flush_outputs(slot, now);
+        }
+    }
+
+    fn is_current(&self, call: CallKey) -> bool {
+        call.shard() == self.spec.index
+            && (call.slot() as usize) < self.slots.len()
+            && self.slots[call.slot() as usize].generation == call.generation()
+            && self.slots[call.slot() as usize].live.is_some()
+    }
+
+    fn expire_timers(&mut self, now: u64) {
+        let mut expired = std::mem::take(&mut self.expired);
+        expired.clear();
+        self.timer.expire(now, &mut expired);
+        for &slot in &expired {
+            let idle = match self.slots[slot as usize].live.as_ref().map(|l| &l.media) {
+                Some(Media::Rtp { last_rx_ms, .. }) => {
+                    now.saturating_sub(*last_rx_ms) > self.spec.rtp_idle_timeout_ms
+                }
+                Some(_) => false,
+                None => continue,
+            };
+            if idle {
+                self.end_call(slot, EndReason::IdleTimeout, now);
+                continue;
+            }
+            if let Some(live) = self.slots[slot as usize].live.as_mut() {
+                let _ = live.call.handle_input(Input::Tick { at_ms: now });
+            }
+            self.flush_outputs(slot, now);
+        }
+        self.expired = expired;
+    }
+
+    /// Do what the call asks: send frames, forward to the provider, re-arm the timer.
+    fn flush_outputs(&mut self, slot: u32, now: u64) {
+        let key = self.key(slot);
+        let mut tcp_dirty = false;
+        let mut end: Option<EndReason> = None;
+        {
+            let Some(live) = self.slots[slot as usize].live.as_mut() else {
+                return;
+            };
+            // AudioSocket calls send nothing before the UUID arrived.
+            let as_started = match &live.media {
+                Media::AudioSocket { started, .. } => *started,
+                Media::Rtp { .. } => true,
+            };
+            while let Some(out) = live.call.poll_output() {
+                match out {
+                    Output::SendToCaller { payload, marker } => {
+                        if !as_started {
+                            continue;
+                        }
+                        self.stats.frames_out += 1;
+                        match &mut live.media {
+                            Media::AudioSocket { conn, tx, .. } => {
+                                if conn.encode_audio(payload, tx).is_err() {
+                                    end = Some(EndReason::ProtocolError);
+                                }
+                                tcp_dirty = true;
+                            }
+                            Media::Rtp { peer, sender, .. } => {
+                                let h = sender.next_header(marker);
+                                let mut pkt = [0u8; 12 + 1500];
+                                if let Ok(n) = rtp::build(&h, payload, &mut pkt) {
+                                    if !self.udp_tx.push(&pkt[..n], *peer) {
+                                        if let Some(sock) = &self.udp {
+                                            let _ = send_batch(sock, &mut self.udp_tx);
+                                        }
+                                        self.udp_tx.clear();
+                                        self.udp_tx.push(&pkt[..n], *peer);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Output::SendToProvider(bytes) => {
+                        for part in bytes.chunks(CHUNK_BYTES) {
+                            if let Some(chunk) = AudioChunk::from_slice(part) {
+                                self.bridge
+                                    .push(ToControl::CallerAudio { call: key, chunk });
+                            }
+                        }
+                    }
+                    Output::BargeIn { played_ms, source } => {
+                        self.bridge.push(ToControl::BargeIn {
+                            call: key,
+                            played_ms,
+                            from_provider: source == crate::call::BargeInSource::Provider,
+                        });
+                    }
+                    Output::WakeAt(t) => self.timer.schedule(slot, t),
+                }
+            }
+            // Return playout credit to the control side.
+            let played = live.call.stats().playout.frames_played;
+            let unreported_ms =
+                (played - live.played_frames_reported) as u32 * crate::media::FRAME_MS;
+            if unreported_ms >= PLAYED_REPORT_MS
+                || (unreported_ms > 0 && !live.call.agent_speaking())
+            {
+                live.played_frames_reported = played;
+                self.bridge.push(ToControl::Played {
+                    call: key,
+                    ms: unreported_ms,
+                });
+            }
+        }
+        if tcp_dirty {
+            self.flush_tcp(slot, now);
+        }
+        if let Some(reason) = end {
+            self.end_call(slot, reason, now);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The engine end to end over real loopback sockets, with the echo agent: caller
+//! audio goes in over AudioSocket or RTP, through a shard, the bridge, the echo
+//! session on the control runtime, back through playout, and out again. No timing
+//! asserts: only what arrives, and that a bad connection harms nobody else.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use voxd::engine::runner::Engine;
+use voxd::media::{audiosocket, rtp};
+use voxd::provider::Registry;
+
+const YAML: &str = "
+default_provider: echo
+audiosocket: {host: 127.0.0.1, format: slin16}
+external_media: {rtp_host: 127.0.0.1, codec: ulaw}
+engine: {shards: 2, io_backend: auto}
+barge_in: {enabled: false}
+";
+
+fn start(rt: &tokio::runtime::Runtime) -> Engine {
+    let mut cfg = voxd::config::parse_str(YAML).expect("test config").config;
+    // Any free port (the engine binds every shard to the port the first bind got).
+    cfg.audiosocket.port = 0;
+    cfg.external_media.rtp_port = 0;
+    let reg = Arc::new(Registry::from_config(&cfg).expect("registry"));
+    rt.block_on(async { Engine::start(&cfg, reg).expect("engine starts") })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A deterministic signal with no zero samples, so silence frames are told apart.
+fn signal(n: usize, seed: u32) -> Vec<i16> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let v = (x % 20000) as i16 - 10000;
+            if v == 0 {
+                1
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind, (payload.len() >> 8) as u8, payload.len() as u8];
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Run one AudioSocket call: send `samples` as slin16 frames, collect what comes back
+/// until all of it (minus silence frames) has arrived or `limit` passes.
+fn audiosocket_call(
+    addr: SocketAddr,
+    uuid: [u8; 16],
+    samples: &[i16],
+    limit: Duration,
+) -> Vec<i16> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut out = frame(0x01, &uuid);
+    for f in samples.chunks(320) {
+        let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+        out.extend(frame(0x12, &bytes));
+    }
+    s.write_all(&out).unwrap();
+    let mut dec = audiosocket::Decoder::new();
+    let mut buf = bytes::BytesMut::new();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let t0 = Instant::now();
+    while got.len() < samples.len() && t0.elapsed() < limit {
+        match s.read(&mut tmp) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(_) => continue,
+        }
+        while let Ok(Some(f)) = dec.decode(&mut buf) {
+            assert!(f.kind.is_audio(), "voxd sent a non-audio kind {:?}", f.kind);
+            let pcm: Vec<i16> = f
+                .payload
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            if pcm.iter().any(|&v| v != 0) {
+                got.extend(pcm);
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn audiosocket_echo_is_bit_exact_and_garbage_harms_only_its_connection() {
+    let rt = runtime();
+    let engine = start(&rt);
+    let addr = engine.audiosocket_addr;
+
+    // A garbage connection and an oversize frame, at the same time as a good call.
+    let bad = std::thread::spawn(move || {
+        let mut g = TcpStream::connect(addr).unwrap();
+        let _ = g.write_all(&[0x10, 0xFF, 0xFF, 1, 2, 3]); // audio before UUID, oversize
+        g.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 64];
+        // voxd closes it: EOF (or reset), never a hang.
+        matches!(g.read(&mut b), Ok(0) | Err(_))
+    });
+    let sent = signal(16 * 1000, 7); // 1 s at 16 kHz
+    let got = audiosocket_call(addr, [0x42; 16], &sent, Duration::from_secs(10));
+    assert!(
+        bad.join().unwrap(),
+        "the garbage connection was closed by voxd"
+    );
+    assert_eq!(got.len(), sent.len(), "all audio came back");
+    assert_eq!(got, sent, "echo over AudioSocket slin16 is bit-exact");
+    rt.block_on(engine.stop());
+}
+
+#[test]
+fn rtp_echo_is_g711_exact_and_foreign_sources_are_dropped() {
+    let rt = runtime();
+    let engine = start(&rt);
+    let voxd = engine.rtp_addr;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // mu-law codes without 0x7F (the second zero code, which comes back as 0xFF).
+    let codes: Vec<u8> = (0..160 * 50)
+        .map(|i| [0x12u8, 0x80, 0x33, 0xE5, 0x01, 0xFE][i % 6] ^ ((i / 6) as u8 & 0x0F))
+        .map(|c| if c == 0x7F || c == 0xFF { 0x7E } else { c })
+        .collect();
+    let mut pkt = [0u8; 200];
+    for (i, p) in codes.chunks(160).enumerate() {
+        let h = rtp::RtpHeader::new(rtp::PT_PCMU, 1000 + i as u16, 160 * i as u32, 0xABCD);
+        let n = rtp::build(&h, p, &mut pkt).unwrap();
+        sock.send_to(&pkt[..n], voxd).unwrap();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    let t0 = Instant::now();
+    let mut seqs = Vec::new();
+    while got.len() < codes.len() && t0.elapsed() < Duration::from_secs(10) {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        assert_eq!(from, voxd, "replies come from the address Asterisk sent to");
+        let p = rtp::parse(&buf[..n]).expect("voxd sends valid RTP");
+        assert_eq!(p.header.payload_type, rtp::PT_PCMU);
+        assert_eq!(p.payload.len(), 160);
+        seqs.push(p.header.sequence);
+        if p.payload.iter().any(|&b| b != 0xFF) {
+            got.extend_from_slice(p.payload);
+        }
+    }
+    assert_eq!(got, codes, "echo over RTP PCMU is G.711-exact");
+    for w in seqs.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0].wrapping_add(1),
+            "outbound sequence +1 per packet"
+        );
+    }
+    rt.block_on(engine.stop());
+}
