@@ -131,7 +131,7 @@ fn audiosocket_echo_is_bit_exact_and_garbage_harms_only_its_connection() {
 }
 
 #[test]
-fn rtp_echo_is_g711_exact_and_foreign_sources_are_dropped() {
+fn rtp_echo_is_g711_exact_with_sequential_packets() {
     let rt = runtime();
     let engine = start(&rt);
     let voxd = engine.rtp_addr;
@@ -175,4 +175,48 @@ fn rtp_echo_is_g711_exact_and_foreign_sources_are_dropped() {
         );
     }
     rt.block_on(engine.stop());
+}
+
+#[test]
+fn rtp_from_a_source_outside_the_allowlist_is_dropped() {
+    let rt = runtime();
+    let mut cfg = voxd::config::parse_str(YAML).expect("test config").config;
+    cfg.audiosocket.port = 0;
+    cfg.external_media.rtp_port = 0;
+    cfg.external_media.allowed_remote_hosts = vec!["127.0.0.2".into()];
+    let reg = Arc::new(Registry::from_config(&cfg).unwrap());
+    let engine = rt.block_on(async { Engine::start(&cfg, reg).unwrap() });
+    let voxd = engine.rtp_addr;
+    let send_some = |sock: &UdpSocket| {
+        let mut pkt = [0u8; 200];
+        for i in 0..10u16 {
+            let h = rtp::RtpHeader::new(rtp::PT_PCMU, i, 160 * u32::from(i), 7);
+            let n = rtp::build(&h, &[0x55; 160], &mut pkt).unwrap();
+            sock.send_to(&pkt[..n], voxd).unwrap();
+        }
+    };
+    let foreign = UdpSocket::bind("127.0.0.1:0").unwrap();
+    foreign
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    send_some(&foreign);
+    let mut buf = [0u8; 2048];
+    assert!(
+        foreign.recv_from(&mut buf).is_err(),
+        "no call for a source outside the allowlist"
+    );
+    // The same packets from an allowed source start a call that answers.
+    let allowed = UdpSocket::bind("127.0.0.2:0").unwrap();
+    allowed
+        .set_read_timeout(Some(Duration::from_millis(2000)))
+        .unwrap();
+    send_some(&allowed);
+    let (n, from) = allowed
+        .recv_from(&mut buf)
+        .expect("an allowed source gets frames");
+    assert_eq!(from, voxd);
+    assert!(rtp::parse(&buf[..n]).is_ok());
+    let stats = rt.block_on(engine.stop());
+    assert_eq!(stats.iter().map(|s| s.calls_started).sum::<u64>(), 1);
+    assert!(stats.iter().map(|s| s.refused).sum::<u64>() >= 10);
 }
