@@ -1,6 +1,6 @@
 //! The `voxd` command line: `serve` runs the media server, `check` validates a
-//! configuration. Later subcommands (`loadgen`, `call`, `demo`) arrive with their
-//! issues.
+//! configuration, `loadgen` plays Asterisk towards a running voxd and measures it.
+//! Later subcommands (`call`, `demo`) arrive with their issues.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +36,90 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Play Asterisk towards a running voxd: open N concurrent calls over AudioSocket
+    /// or RTP, send a speech-like caller signal on real 20 ms pacing, and measure
+    /// voxd's frame timing, gaps, latencies, loss, CPU and memory.
+    ///
+    /// Prints a progress line every second on stderr and a summary table on stdout.
+    /// Exit 0 when the run completed (whatever the timing SLO verdict), 1 on a setup
+    /// error (cannot connect, bad arguments).
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LoadTransport {
+    /// AudioSocket over TCP (slin, `--rate-hz`).
+    Audiosocket,
+    /// ExternalMedia RTP over UDP (G.711, `--codec`).
+    Rtp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LoadCodec {
+    /// G.711 mu-law (PT 0).
+    Ulaw,
+    /// G.711 A-law (PT 8).
+    Alaw,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadgenArgs {
+    /// How the calls reach voxd.
+    #[arg(long, value_enum, default_value = "audiosocket")]
+    transport: LoadTransport,
+    /// voxd's host (its audiosocket.host or external_media.rtp_host).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// voxd's port. Default: 8090 for audiosocket, 18080 for rtp (voxd's defaults).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Concurrent calls.
+    #[arg(long, default_value_t = 100)]
+    calls: usize,
+    /// Calls started per second while ramping up.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Measured window after the ramp (all calls up), in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Call churn: mean call length in ms (exponential); each ended call is replaced
+    /// at once. Default: calls last until the end.
+    #[arg(long, value_name = "MS")]
+    hold: Option<u64>,
+    /// Seed of the signals, call ids and hold times (runs are repeatable).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The agent's think time (sim provider `think_ms`), subtracted from turn latency.
+    #[arg(long, default_value_t = 300)]
+    think_ms: u32,
+    /// RTP payload: must match voxd's external_media.codec.
+    #[arg(long, value_enum, default_value = "ulaw")]
+    codec: LoadCodec,
+    /// AudioSocket slin rate: 8000 (kind 0x10, voxd `audiosocket.format: slin`) or
+    /// 16000 (kind 0x12, `format: slin16`). Must match voxd's audiosocket.format.
+    #[arg(long, default_value_t = 16000, value_parser = parse_rate_hz)]
+    rate_hz: u32,
+    /// Loop this WAV file (mono 16-bit PCM at the transport's rate: 8 kHz for rtp,
+    /// --rate-hz for audiosocket) instead of the synthetic speech signal.
+    #[arg(long)]
+    wav: Option<PathBuf>,
+    /// Pause before each call's first talk spurt, in ms. Default: drawn like every
+    /// other pause (2-6 s), which staggers the calls.
+    #[arg(long, value_name = "MS")]
+    initial_pause_ms: Option<u32>,
+    /// voxd's process id: its CPU per call-second and RSS are read from /proc over
+    /// the measured window.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Driver threads (each runs one event loop over its share of the calls).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
@@ -43,7 +127,93 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(config),
         Command::Serve { config } => serve(config),
+        Command::Loadgen(args) => loadgen(args),
     }
+}
+
+fn parse_rate_hz(s: &str) -> Result<u32, String> {
+    match s {
+        "8000" => Ok(8000),
+        "16000" => Ok(16000),
+        _ => Err("must be 8000 or 16000".into()),
+    }
+}
+
+fn loadgen(a: LoadgenArgs) -> ExitCode {
+    use voxd::loadgen::caller::{Law, Transport};
+    use voxd::loadgen::driver::{self, DriverConfig};
+    use voxd::media::Rate;
+
+    let fail = |m: String| {
+        eprintln!("error: {m}");
+        ExitCode::from(1)
+    };
+    let rate = if a.rate_hz == 8000 {
+        Rate::Hz8000
+    } else {
+        Rate::Hz16000
+    };
+    let (transport, default_port) = match a.transport {
+        LoadTransport::Audiosocket => (Transport::AudioSocket(rate), 8090),
+        LoadTransport::Rtp => (
+            Transport::Rtp(match a.codec {
+                LoadCodec::Ulaw => Law::Ulaw,
+                LoadCodec::Alaw => Law::Alaw,
+            }),
+            18080,
+        ),
+    };
+    let port = a.port.unwrap_or(default_port);
+    let target = match std::net::ToSocketAddrs::to_socket_addrs(&(a.host.as_str(), port))
+        .ok()
+        .and_then(|mut it| it.next())
+    {
+        Some(t) => t,
+        None => return fail(format!("cannot resolve --host {}:{port}", a.host)),
+    };
+    let wav = match &a.wav {
+        None => None,
+        Some(path) => match voxd::loadgen::signal::load_wav(path) {
+            Ok((samples, hz)) if hz == transport.rate().hz() => Some(samples.into()),
+            Ok((_, hz)) => {
+                return fail(format!(
+                    "{}: {hz} Hz, but this transport sends {} Hz",
+                    path.display(),
+                    transport.rate().hz()
+                ))
+            }
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        },
+    };
+    let cfg = DriverConfig {
+        transport,
+        target,
+        calls: a.calls,
+        rate: a.rate,
+        seconds: a.seconds,
+        hold_ms: a.hold,
+        seed: a.seed,
+        think_ms: a.think_ms,
+        threads: a.threads,
+        wav,
+        signal: voxd::loadgen::signal::SignalConfig {
+            initial_pause_ms: a.initial_pause_ms,
+            ..Default::default()
+        },
+        pid: a.pid,
+        progress: !a.quiet,
+    };
+    let out = match driver::run(&cfg) {
+        Ok(o) => o,
+        Err(e) => return fail(e.to_string()),
+    };
+    print!("{}", out.to_table());
+    if let Some(path) = &a.json {
+        if let Err(e) = std::fs::write(path, out.to_json()) {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn load(config: Option<PathBuf>) -> Result<voxd::config::Loaded, ExitCode> {

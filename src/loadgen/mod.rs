@@ -13,6 +13,7 @@
 //! live elsewhere and call into these blocks.
 
 pub mod caller;
+pub mod driver;
 pub mod procstat;
 pub mod signal;
 pub mod stats;
