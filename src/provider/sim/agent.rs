@@ -254,7 +254,10 @@ impl Voice {
             self.seg_left -= 1;
             self.t += 1;
             if !self.in_word {
-                out.push(0);
+                // Comfort noise (about -66 dBFS) between words, as real TTS has:
+                // a pause inside a reply is not digital silence, so it is never
+                // mistaken on the wire for the playout running dry.
+                out.push(self.rng.range(0, 48) as i16 - 24);
                 continue;
             }
             let sp = self.word_pos % self.syll_len;
@@ -851,13 +854,25 @@ mod tests {
             let mut pcm = Vec::new();
             v.render(5000 * spms, &mut pcm);
             // Level over voiced audio around -20 dBFS.
-            let voiced: Vec<f64> = pcm.iter().filter(|&&s| s != 0).map(|&s| s as f64).collect();
+            let voiced: Vec<f64> = pcm
+                .iter()
+                .filter(|&&s| s.abs() > 24)
+                .map(|&s| s as f64)
+                .collect();
             let rms = (voiced.iter().map(|s| s * s).sum::<f64>() / voiced.len() as f64).sqrt();
             let dbfs = 20.0 * (rms / 32768.0).log10();
             assert!((-24.0..=-16.0).contains(&dbfs), "{rate:?}: {dbfs:.1} dBFS");
-            // Pauses between words: some all-silent 20 ms frames, but mostly voiced.
+            // Pauses between words: some 20 ms frames of comfort noise only (never
+            // digital silence), but mostly voiced.
             let frames: Vec<&[i16]> = pcm.chunks(20 * spms).collect();
-            let silent = frames.iter().filter(|f| f.iter().all(|&s| s == 0)).count();
+            assert!(
+                frames.iter().all(|f| f.iter().any(|&s| s.abs() > 8)),
+                "no silent frame inside a reply"
+            );
+            let silent = frames
+                .iter()
+                .filter(|f| f.iter().all(|&s| s.abs() <= 24))
+                .count();
             assert!(
                 silent * 20 > frames.len() && silent * 3 < frames.len(),
                 "{silent}"
