@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -42,8 +42,53 @@ enum Pending {
     Done,
 }
 
+/// What the dispatchers of all shards share: which call holds each AudioSocket
+/// UUID (a reconnect with the same UUID may land on another shard), and a way to
+/// reach another shard's dispatcher. Control-runtime only; shards never lock.
+#[derive(Debug, Default)]
+pub struct Peers {
+    uuids: Mutex<HashMap<[u8; 16], CallKey>>,
+    cmds: Vec<mpsc::Sender<ToShard>>,
+}
+
+impl Peers {
+    /// Shared state for `n` shards, and each dispatcher's command receiver.
+    pub fn new(n: usize) -> (Arc<Peers>, Vec<mpsc::Receiver<ToShard>>) {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(1024)).unzip();
+        (
+            Arc::new(Peers {
+                uuids: Mutex::new(HashMap::new()),
+                cmds: txs,
+            }),
+            rxs,
+        )
+    }
+
+    /// Record that `call` now holds `uuid`; returns the call it replaces, if any.
+    fn claim(&self, uuid: [u8; 16], call: CallKey) -> Option<CallKey> {
+        let mut map = self.uuids.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(uuid, call).filter(|&old| old != call)
+    }
+
+    /// Forget `uuid` if `call` still holds it.
+    fn release(&self, uuid: [u8; 16], call: CallKey) {
+        let mut map = self.uuids.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&uuid) == Some(&call) {
+            map.remove(&uuid);
+        }
+    }
+
+    /// Ask the dispatcher of `call`'s shard to hang it up.
+    fn hang_up(&self, call: CallKey, reason: EndReason) {
+        if let Some(tx) = self.cmds.get(usize::from(call.shard())) {
+            let _ = tx.try_send(ToShard::Hangup { call, reason });
+        }
+    }
+}
+
 struct Session {
     events: mpsc::Sender<CallerEvent>,
+    uuid: Option<[u8; 16]>,
     backlog: VecDeque<Pending>,
     /// Agent audio sent to the shard and not yet reported played, in bytes.
     inflight_bytes: usize,
@@ -59,6 +104,8 @@ pub async fn run(
     registry: Arc<Registry>,
     credit_ms: u32,
     stats: Arc<ControlStats>,
+    peers: Arc<Peers>,
+    mut cmds: mpsc::Receiver<ToShard>,
 ) {
     let (agent_tx, mut agent_rx) = mpsc::channel::<(CallKey, AgentEvent)>(1024);
     let mut sessions: HashMap<CallKey, Session> = HashMap::new();
@@ -75,8 +122,12 @@ pub async fn run(
                     }
                 }
                 for msg in batch.drain(..) {
-                    on_shard_message(msg, &mut ctrl, &registry, &mut sessions, &agent_tx, credit_ms, &stats);
+                    on_shard_message(msg, &mut ctrl, &registry, &mut sessions, &agent_tx, credit_ms, &stats, &peers);
                 }
+            }
+            Some(cmd) = cmds.recv() => {
+                // From another shard's dispatcher (a UUID moved away from here).
+                let _ = ctrl.push(cmd);
             }
             Some((call, ev)) = agent_rx.recv() => {
                 on_agent_event(call, ev, &mut ctrl, &mut sessions, credit_ms);
@@ -92,6 +143,7 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn on_shard_message(
     msg: ToControl,
     ctrl: &mut ControlEnd,
@@ -100,6 +152,7 @@ fn on_shard_message(
     agent_tx: &mpsc::Sender<(CallKey, AgentEvent)>,
     credit_ms: u32,
     stats: &ControlStats,
+    peers: &Peers,
 ) {
     match msg {
         ToControl::CallStarted { call, info } => {
@@ -134,10 +187,17 @@ fn on_shard_message(
             });
             let r = info.provider_codec.rate();
             let bytes_per_ms = r.samples_per_ms() * info.provider_codec.bytes_per_sample();
+            if let Some(uuid) = info.uuid {
+                if let Some(old) = peers.claim(uuid, call) {
+                    tracing::info!(%call, %old, "same AudioSocket UUID reconnected: replacing the old call");
+                    peers.hang_up(old, EndReason::Replaced);
+                }
+            }
             sessions.insert(
                 call,
                 Session {
                     events: peer.events,
+                    uuid: info.uuid,
                     backlog: VecDeque::new(),
                     inflight_bytes: 0,
                     bytes_per_ms,
@@ -184,6 +244,9 @@ fn on_shard_message(
         ToControl::CallEnded { call, reason } => {
             if let Some(s) = sessions.remove(&call) {
                 let _ = s.events.try_send(CallerEvent::Hangup);
+                if let Some(uuid) = s.uuid {
+                    peers.release(uuid, call);
+                }
             }
             tracing::debug!(%call, reason = reason.as_str(), "call ended");
         }

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use super::allow::AllowList;
 use super::bridge;
-use super::control::{self, ControlStats};
+use super::control::{self, ControlStats, Peers};
 use super::io::{self, BackendChoice, BackendKind};
 use super::shard::{Shard, ShardSpec, ShardStats};
 use crate::call::{CallConfig, Codec};
@@ -208,6 +208,7 @@ impl Engine {
             max_calls: (cfg.limits.max_calls as usize).div_ceil(n).max(1),
             audiosocket_codec: as_codec,
             max_frame_bytes: cfg.audiosocket.max_frame_bytes as usize,
+            audiosocket_read_timeout_ms: u64::from(cfg.audiosocket.read_timeout_ms),
             audiosocket_allow: AllowList::parse(&cfg.audiosocket.allowed_remote_hosts)
                 .map_err(EngineError::Allow)?,
             rtp_codec: rtp_c,
@@ -231,6 +232,8 @@ impl Engine {
         let mut dispatchers = Vec::with_capacity(n);
         let mut backend_kind = BackendKind::Epoll;
         let mut backend_note = None;
+        let (peers, cmd_rxs) = Peers::new(n);
+        let mut cmd_rxs = cmd_rxs.into_iter();
         for (i, (listener, udp)) in listeners.into_iter().zip(udps).enumerate() {
             let (backend, note) = io::open(choice).map_err(EngineError::Backend)?;
             backend_kind = super::io::Backend::kind(&backend);
@@ -255,11 +258,18 @@ impl Engine {
                 })
                 .map_err(EngineError::Setup)?;
             threads.push(t);
+            let Some(cmds) = cmd_rxs.next() else {
+                return Err(EngineError::Setup(std::io::Error::other(
+                    "command channel missing",
+                )));
+            };
             dispatchers.push(tokio::spawn(control::run(
                 control_end,
                 registry.clone(),
                 credit_ms,
                 control_stats.clone(),
+                peers.clone(),
+                cmds,
             )));
         }
         Ok(Engine {

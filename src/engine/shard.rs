@@ -54,6 +54,9 @@ pub struct ShardSpec {
     pub max_frame_bytes: usize,
     /// AudioSocket peers allowed to connect.
     pub audiosocket_allow: AllowList,
+    /// An AudioSocket connection that sends nothing (not even its UUID) for this long
+    /// is closed (`audiosocket.read_timeout_ms`).
+    pub audiosocket_read_timeout_ms: u64,
     /// Codec of RTP calls (`external_media.codec`).
     pub rtp_codec: Codec,
     /// RTP sources allowed.
@@ -97,6 +100,7 @@ enum Media {
         tx: BytesMut,
         started: bool,
         writable_armed: bool,
+        last_rx_ms: u64,
     },
     Rtp {
         peer: SocketAddr,
@@ -362,6 +366,7 @@ impl Shard {
             tx: BytesMut::with_capacity(4096),
             started: false,
             writable_armed: false,
+            last_rx_ms: now,
         };
         let Some(slot) = self.new_call(self.spec.audiosocket_codec, media, now) else {
             self.stats.refused += 1;
@@ -379,6 +384,8 @@ impl Shard {
             self.end_call(slot, EndReason::ProtocolError, now);
             return;
         }
+        // Arm the pacing timer (it also enforces the read timeout before the UUID).
+        self.flush_outputs(slot, now);
         // The connection may already hold bytes (edge-triggered: read now).
         self.read_tcp(slot, now);
     }
@@ -389,7 +396,13 @@ impl Shard {
             let Some(live) = self.slots[slot as usize].live.as_mut() else {
                 return;
             };
-            let Media::AudioSocket { stream, conn, .. } = &mut live.media else {
+            let Media::AudioSocket {
+                stream,
+                conn,
+                last_rx_ms,
+                ..
+            } = &mut live.media
+            else {
                 return;
             };
             loop {
@@ -398,7 +411,10 @@ impl Shard {
                         eof = true;
                         break;
                     }
-                    Ok(n) => conn.rx().extend_from_slice(&self.read_buf[..n]),
+                    Ok(n) => {
+                        *last_rx_ms = now;
+                        conn.rx().extend_from_slice(&self.read_buf[..n]);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => {
@@ -569,14 +585,18 @@ impl Shard {
                     return;
                 }
                 let (data, _) = self.udp_rx.get(i);
-                if rtp::parse(data).is_err() {
-                    self.stats.rtp_dropped += 1;
-                    return;
-                }
                 let pt = match self.spec.rtp_codec {
                     Codec::Pcma => rtp::PT_PCMA,
                     _ => rtp::PT_PCMU,
                 };
+                // Only a packet this call could use starts a call (and a session).
+                match rtp::parse(data) {
+                    Ok(p) if p.header.payload_type == pt && !p.payload.is_empty() => {}
+                    _ => {
+                        self.stats.rtp_dropped += 1;
+                        return;
+                    }
+                }
                 let seed = (now as u32) ^ u32::from(from.port()).rotate_left(16) ^ 0x5EED_F00D;
                 let media = Media::Rtp {
                     peer: from,
@@ -591,6 +611,8 @@ impl Shard {
                 };
                 self.by_peer.insert(from, slot);
                 self.started(slot, None, from);
+                // Arm the call's pacing timer now, whatever happens to this packet.
+                self.flush_outputs(slot, now);
                 slot
             }
         };
@@ -706,7 +728,9 @@ impl Shard {
                 Some(Media::Rtp { last_rx_ms, .. }) => {
                     now.saturating_sub(*last_rx_ms) > self.spec.rtp_idle_timeout_ms
                 }
-                Some(_) => false,
+                Some(Media::AudioSocket { last_rx_ms, .. }) => {
+                    now.saturating_sub(*last_rx_ms) > self.spec.audiosocket_read_timeout_ms
+                }
                 None => continue,
             };
             if idle {

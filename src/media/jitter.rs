@@ -2,8 +2,9 @@
 //!
 //! Owns: reordering of 20 ms frames keyed on extended (64-bit) sequence numbers,
 //! loss / late / duplicate accounting, concealment of lost frames, and the depth
-//! report. Frames leave as soon as they are in order (no added delay on a clean
-//! network); a gap is held open for at most `depth_ms` (or until `depth_ms` of later
+//! report. The first frame of a call is held for `depth_ms` (so a reordered first
+//! pair is repaired); after that frames leave as soon as they are in order (no added
+//! delay on a clean network); a gap is held open for at most `depth_ms` (or until `depth_ms` of later
 //! frames are waiting), then the missing frame is concealed: the last frame repeated
 //! at half the amplitude per repeat, silence after three.
 //!
@@ -73,6 +74,11 @@ pub struct JitterBuffer {
     seqs: Box<[Option<u64>]>,
     /// Next sequence number to leave; `None` until the first packet.
     next: Option<u64>,
+    /// When the first packet arrived; frames start leaving `depth_ms` later (or once
+    /// `depth_ms` of frames wait), so a reordered first pair is still repaired.
+    first_at: Option<u64>,
+    /// Whether frames have started leaving.
+    started: bool,
     /// Highest sequence stored.
     highest: u64,
     stored: usize,
@@ -97,6 +103,8 @@ impl JitterBuffer {
             samples: vec![0; slots * frame_samples].into_boxed_slice(),
             seqs: vec![None; slots].into_boxed_slice(),
             next: None,
+            first_at: None,
+            started: false,
             highest: 0,
             stored: 0,
             gap_since: None,
@@ -133,7 +141,13 @@ impl JitterBuffer {
             self.stats.wrong_size += 1;
             return PushOutcome::WrongSize;
         }
-        let next = *self.next.get_or_insert(seq);
+        let mut next = *self.next.get_or_insert(seq);
+        self.first_at.get_or_insert(now_ms);
+        if seq < next && !self.started && self.highest.saturating_sub(seq) < self.slots as u64 {
+            // Before the first frame left, an earlier packet moves the start back.
+            self.next = Some(seq);
+            next = seq;
+        }
         if seq < next {
             self.stats.late += 1;
             return PushOutcome::Late;
@@ -175,6 +189,15 @@ impl JitterBuffer {
     /// Call in a loop until `None`.
     pub fn pop_ready(&mut self, now_ms: u64, out: &mut [i16]) -> Option<PopKind> {
         let next = self.next?;
+        if !self.started {
+            let waited = self
+                .first_at
+                .is_some_and(|t| now_ms >= t + u64::from(self.depth_ms));
+            if !(waited || self.stored as u64 >= self.depth_frames()) {
+                return None;
+            }
+            self.started = true;
+        }
         let slot = (next % self.slots as u64) as usize;
         if self.seqs[slot] == Some(next) {
             out.copy_from_slice(&self.samples[slot * self.frame..(slot + 1) * self.frame]);
@@ -248,8 +271,11 @@ mod tests {
     }
 
     #[test]
-    fn in_order_frames_leave_at_once() {
+    fn first_frame_waits_depth_then_in_order_frames_leave_at_once() {
         let mut jb = JitterBuffer::new(F, 60);
+        jb.push(0, 99, &frame(99));
+        assert!(drain(&mut jb, 59).is_empty(), "start is held for depth_ms");
+        assert_eq!(drain(&mut jb, 60), vec![(PopKind::Frame, frame(99)[0])]);
         for s in 100..110u64 {
             assert_eq!(jb.push(s * 20, s, &frame(s)), PushOutcome::Stored);
             let out = drain(&mut jb, s * 20);
@@ -263,12 +289,12 @@ mod tests {
     fn reorder_within_depth_is_repaired() {
         let mut jb = JitterBuffer::new(F, 60);
         jb.push(0, 1, &frame(1));
-        assert_eq!(drain(&mut jb, 0).len(), 1);
-        jb.push(20, 3, &frame(3)); // 2 is late
-        assert!(drain(&mut jb, 20).is_empty(), "waits for the gap");
+        assert_eq!(drain(&mut jb, 60).len(), 1);
+        jb.push(80, 3, &frame(3)); // 2 is late
+        assert!(drain(&mut jb, 80).is_empty(), "waits for the gap");
         assert_eq!(jb.depth_ms(), 20);
-        jb.push(30, 2, &frame(2));
-        let out = drain(&mut jb, 30);
+        jb.push(90, 2, &frame(2));
+        let out = drain(&mut jb, 90);
         assert_eq!(
             out,
             vec![(PopKind::Frame, frame(2)[0]), (PopKind::Frame, frame(3)[0])]
@@ -281,10 +307,10 @@ mod tests {
     fn loss_is_concealed_after_depth_and_late_packet_counted() {
         let mut jb = JitterBuffer::new(F, 60);
         jb.push(0, 1, &frame(1));
-        drain(&mut jb, 0);
-        jb.push(40, 3, &frame(3));
-        assert!(drain(&mut jb, 80).is_empty());
-        let out = drain(&mut jb, 100); // 40 + 60
+        drain(&mut jb, 60);
+        jb.push(100, 3, &frame(3));
+        assert!(drain(&mut jb, 140).is_empty());
+        let out = drain(&mut jb, 160); // 100 + 60
         assert_eq!(out[0].0, PopKind::Concealed);
         assert_eq!(out[0].1, frame(1)[0] >> 1, "repeat at half amplitude");
         assert_eq!(out[1], (PopKind::Frame, frame(3)[0]));
@@ -297,12 +323,12 @@ mod tests {
     fn pile_up_releases_without_waiting_for_the_clock() {
         let mut jb = JitterBuffer::new(F, 60);
         jb.push(0, 10, &frame(10));
-        drain(&mut jb, 0);
+        drain(&mut jb, 60);
         for s in 12..=14 {
-            jb.push(1, s, &frame(s));
+            jb.push(61, s, &frame(s));
         }
         // 3 frames (60 ms) wait behind the gap: conceal 11 now.
-        let out = drain(&mut jb, 1);
+        let out = drain(&mut jb, 61);
         assert_eq!(out.len(), 4);
         assert_eq!(out[0].0, PopKind::Concealed);
     }
@@ -314,7 +340,7 @@ mod tests {
         jb.push(0, 6, &frame(6));
         assert_eq!(jb.push(0, 6, &frame(6)), PushOutcome::Duplicate);
         assert_eq!(jb.push(0, 7, &[0; 10]), PushOutcome::WrongSize);
-        assert_eq!(drain(&mut jb, 0).len(), 2);
+        assert_eq!(drain(&mut jb, 60).len(), 2);
         assert_eq!(jb.stats().duplicate, 1);
         assert_eq!(jb.stats().wrong_size, 1);
     }
@@ -323,9 +349,9 @@ mod tests {
     fn big_jump_resyncs_and_counts_loss() {
         let mut jb = JitterBuffer::new(F, 60);
         jb.push(0, 1, &frame(1));
-        drain(&mut jb, 0);
-        assert_eq!(jb.push(20, 1001, &frame(1001)), PushOutcome::Resync);
-        assert_eq!(drain(&mut jb, 20), vec![(PopKind::Frame, frame(1001)[0])]);
+        drain(&mut jb, 60);
+        assert_eq!(jb.push(80, 1001, &frame(1001)), PushOutcome::Resync);
+        assert_eq!(drain(&mut jb, 80), vec![(PopKind::Frame, frame(1001)[0])]);
         assert_eq!(jb.stats().lost, 999);
         assert_eq!(jb.stats().resyncs, 1);
     }
@@ -334,12 +360,24 @@ mod tests {
     fn concealment_fades_to_silence() {
         let mut jb = JitterBuffer::new(F, 100);
         jb.push(0, 0, &[8000; F]);
-        drain(&mut jb, 0);
-        jb.push(0, 6, &frame(6));
+        drain(&mut jb, 100);
+        jb.push(100, 6, &frame(6));
         let out = drain(&mut jb, 1000);
         let vals: Vec<i16> = out.iter().map(|x| x.1).collect();
         assert_eq!(vals[..5], [4000, 2000, 1000, 0, 0]);
         assert_eq!(jb.stats().concealed, 5);
+    }
+
+    #[test]
+    fn a_swapped_first_pair_is_repaired() {
+        let mut jb = JitterBuffer::new(F, 60);
+        jb.push(0, 501, &frame(501));
+        jb.push(5, 500, &frame(500));
+        jb.push(20, 502, &frame(502));
+        let out = drain(&mut jb, 60);
+        let want: Vec<_> = (500..503).map(|s| (PopKind::Frame, frame(s)[0])).collect();
+        assert_eq!(out, want);
+        assert_eq!(jb.stats().late, 0);
     }
 
     #[test]
@@ -348,7 +386,7 @@ mod tests {
         let mut jb = JitterBuffer::new(F, 60);
         let mut order: Vec<u64> = (0..3000).collect();
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for w in order.chunks_mut(3).skip(1) {
+        for w in order.chunks_mut(3) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
