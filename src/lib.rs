@@ -20,3 +20,4 @@ pub mod engine;
 pub mod loadgen;
 pub mod media;
 pub mod provider;
+pub mod rng;

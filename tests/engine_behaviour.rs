@@ -6,6 +6,8 @@
 //! No timing asserts: only generous "arrives within N s" guards, and "nothing
 //! arrives within 1 s" where a negative cannot be observed otherwise.
 
+mod common;
+use common::{frame, signal};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,25 +131,6 @@ fn totals(stats: &[ShardStats]) -> Totals {
 
 // ---- signals ----------------------------------------------------------------------
 
-/// A deterministic signal with no zero samples, so silence is told apart sample by
-/// sample (the playout pads a partial last frame with zeros).
-fn signal(n: usize, seed: u32) -> Vec<i16> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            let v = (x % 20000) as i16 - 10000;
-            if v == 0 {
-                1
-            } else {
-                v
-            }
-        })
-        .collect()
-}
-
 fn random_bytes(n: usize, seed: u32) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
@@ -162,12 +145,6 @@ fn random_bytes(n: usize, seed: u32) -> Vec<u8> {
 
 fn le_bytes(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![kind, (payload.len() >> 8) as u8, payload.len() as u8];
-    v.extend_from_slice(payload);
-    v
 }
 
 fn uuid(n: u8) -> [u8; 16] {

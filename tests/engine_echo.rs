@@ -3,6 +3,8 @@
 //! session on the control runtime, back through playout, and out again. No timing
 //! asserts: only what arrives, and that a bad connection harms nobody else.
 
+mod common;
+use common::{frame, signal};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
@@ -35,30 +37,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A deterministic signal with no zero samples, so silence frames are told apart.
-fn signal(n: usize, seed: u32) -> Vec<i16> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            let v = (x % 20000) as i16 - 10000;
-            if v == 0 {
-                1
-            } else {
-                v
-            }
-        })
-        .collect()
-}
-
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![kind, (payload.len() >> 8) as u8, payload.len() as u8];
-    v.extend_from_slice(payload);
-    v
 }
 
 /// Run one AudioSocket call: send `samples` as slin16 frames, collect what comes back

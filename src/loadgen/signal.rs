@@ -12,6 +12,7 @@
 //! written into the caller's buffer). It does not resample: a WAV clip must already be
 //! at the call's rate.
 
+use crate::rng::SplitMix64;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -58,39 +59,6 @@ fn tables() -> &'static Tables {
         }
         Tables { voice, envelope }
     })
-}
-
-/// SplitMix64: a small, fast, seedable generator (Steele, Lea, Flood 2014). Good
-/// enough to vary durations and pitches; not for anything secret.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `[lo, hi]` (inclusive; `lo` if `hi <= lo`).
-    fn range_u32(&mut self, lo: u32, hi: u32) -> u32 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + (self.next_u64() % u64::from(hi - lo + 1)) as u32
-    }
-
-    /// Uniform in `[lo, hi)`.
-    fn range_f64(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
 }
 
 /// Knobs of the synthetic caller. Durations are drawn uniformly from the inclusive

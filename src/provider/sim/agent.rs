@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+use crate::rng::SplitMix64;
 use std::collections::VecDeque;
 use std::f32::consts::{PI, TAU};
 
@@ -141,33 +142,9 @@ pub struct SimStats {
     pub thinks_cancelled: u64,
 }
 
-/// SplitMix64: small, fast, and enough for a synthesizer.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in [lo, hi].
-    fn range(&mut self, lo: u32, hi: u32) -> u32 {
-        lo + (self.next_u64() % u64::from(hi - lo + 1)) as u32
-    }
-}
-
 /// Mix a seed with a stream number (reply index, call id) into a new seed.
 pub(crate) fn mix_seed(seed: u64, stream: u64) -> u64 {
-    Rng(seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64()
+    SplitMix64(seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64()
 }
 
 /// A speech-like voice: words of 4-5 Hz syllables (sin² envelopes) on a harmonic
@@ -175,7 +152,7 @@ pub(crate) fn mix_seed(seed: u64, stream: u64) -> u64 {
 /// silent pauses.
 #[derive(Debug, Clone)]
 struct Voice {
-    rng: Rng,
+    rng: SplitMix64,
     rate: f32,
     spms: usize,
     base_f0: f32,
@@ -192,8 +169,8 @@ struct Voice {
 
 impl Voice {
     fn new(seed: u64, rate: Rate) -> Self {
-        let mut rng = Rng(seed);
-        let base_f0 = 120.0 + 80.0 * rng.unit();
+        let mut rng = SplitMix64(seed);
+        let base_f0 = 120.0 + 80.0 * rng.unit_f32();
         let rate_hz = rate.hz() as f32;
         let top = (0.45 * rate_hz).min(3600.0);
         let n_harm = ((top / (base_f0 * 1.06)) as usize).clamp(1, MAX_HARMONICS);
@@ -217,9 +194,9 @@ impl Voice {
     fn next_segment(&mut self) {
         if self.in_word {
             self.in_word = false;
-            self.seg_left = self.rng.range(60, 180) as usize * self.spms;
+            self.seg_left = self.rng.range_u32(60, 180) as usize * self.spms;
         } else {
-            let ms = self.rng.range(220, 600);
+            let ms = self.rng.range_u32(220, 600);
             let syllables = ((ms as f32 * 4.5 / 1000.0).round() as usize).max(1);
             self.in_word = true;
             self.word_len = ms as usize * self.spms;
@@ -230,7 +207,7 @@ impl Voice {
     }
 
     fn new_syllable(&mut self) {
-        let (f1, f2) = VOWELS[self.rng.range(0, VOWELS.len() as u32 - 1) as usize];
+        let (f1, f2) = VOWELS[self.rng.range_u32(0, VOWELS.len() as u32 - 1) as usize];
         let mut power = 0.0f32;
         for k in 0..self.n_harm {
             let f = (k + 1) as f32 * self.base_f0;
@@ -257,7 +234,7 @@ impl Voice {
                 // Comfort noise (about -66 dBFS) between words, as real TTS has:
                 // a pause inside a reply is not digital silence, so it is never
                 // mistaken on the wire for the playout running dry.
-                out.push(self.rng.range(0, 48) as i16 - 24);
+                out.push(self.rng.range_u32(0, 48) as i16 - 24);
                 continue;
             }
             let sp = self.word_pos % self.syll_len;
@@ -276,7 +253,7 @@ impl Voice {
             for (k, a) in self.amps[..self.n_harm].iter().enumerate() {
                 s += a * ((k + 1) as f32 * self.phase).sin();
             }
-            let noise = (self.rng.unit() * 2.0 - 1.0) * 0.05 * PEAK_RMS;
+            let noise = (self.rng.unit_f32() * 2.0 - 1.0) * 0.05 * PEAK_RMS;
             let v = ((s + noise) * env).round();
             out.push(v.clamp(-32768.0, 32767.0) as i16);
         }
