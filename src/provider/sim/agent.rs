@@ -249,9 +249,18 @@ impl Voice {
             if self.phase >= TAU {
                 self.phase -= TAU;
             }
+            // sin(k*phase) for k = 1.. by the Chebyshev recurrence
+            // sin((k+1)x) = 2 cos(x) sin(kx) - sin((k-1)x): one sin_cos per sample
+            // instead of one sin per harmonic (the profile's top item).
+            let (sin1, cos1) = self.phase.sin_cos();
+            let two_cos = 2.0 * cos1;
+            let (mut prev, mut cur) = (0.0f32, sin1);
             let mut s = 0.0f32;
-            for (k, a) in self.amps[..self.n_harm].iter().enumerate() {
-                s += a * ((k + 1) as f32 * self.phase).sin();
+            for a in &self.amps[..self.n_harm] {
+                s += a * cur;
+                let next = two_cos * cur - prev;
+                prev = cur;
+                cur = next;
             }
             let noise = (self.rng.unit_f32() * 2.0 - 1.0) * 0.05 * PEAK_RMS;
             let v = ((s + noise) * env).round();
