@@ -418,6 +418,30 @@ fn rtp_silent_for(sock: &UdpSocket, d: Duration) -> bool {
     true
 }
 
+/// Send each bad packet 10 times from its own source while a good call runs: the
+/// good call echoes G.711-exact and no bad source hears anything back.
+fn bad_sources_beside_a_good_call(voxd: SocketAddr, cases: &[(&str, Vec<u8>)], salt: u8) {
+    let socks: Vec<UdpSocket> = cases
+        .iter()
+        .map(|(_, bytes)| {
+            let s = rtp_socket();
+            for _ in 0..10 {
+                s.send_to(bytes, voxd).unwrap();
+            }
+            s
+        })
+        .collect();
+    let (got, codes) = rtp_good_call(voxd, salt);
+    assert_eq!(got.len(), codes.len(), "all the RTP audio came back");
+    assert!(got == codes, "echo over RTP PCMU is G.711-exact");
+    for ((what, _), s) in cases.iter().zip(&socks) {
+        assert!(
+            rtp_silent_for(s, Duration::from_millis(100)),
+            "{what}: voxd sent frames to that source"
+        );
+    }
+}
+
 /// A good RTP call: 50 in-order packets in a burst; returns the echoed codes.
 fn rtp_good_call(voxd: SocketAddr, salt: u8) -> (Vec<u8>, Vec<u8>) {
     let sock = rtp_socket();
@@ -702,25 +726,7 @@ fn unparseable_rtp_starts_no_call_and_a_good_call_still_echoes() {
         ("padding longer than the packet", bad_padding),
         ("extension longer than the packet", ext_overflow),
     ];
-    let socks: Vec<UdpSocket> = cases
-        .iter()
-        .map(|(_, bytes)| {
-            let s = rtp_socket();
-            for _ in 0..10 {
-                s.send_to(bytes, voxd).unwrap();
-            }
-            s
-        })
-        .collect();
-    let (got, codes) = rtp_good_call(voxd, 0);
-    assert_eq!(got.len(), codes.len(), "all the RTP audio came back");
-    assert!(got == codes, "echo over RTP PCMU is G.711-exact");
-    for ((what, _), s) in cases.iter().zip(&socks) {
-        assert!(
-            rtp_silent_for(s, Duration::from_millis(100)),
-            "{what}: voxd sent frames to that source"
-        );
-    }
+    bad_sources_beside_a_good_call(voxd, &cases, 0);
     let t = totals(&h.stop());
     assert_eq!(t.started, 1, "only the good source started a call");
     assert!(t.rtp_dropped >= 10 * cases.len() as u64);
@@ -741,25 +747,7 @@ fn wrong_payload_type_or_padding_only_rtp_starts_no_call() {
         ("padding-only packet", padding_only),
         ("PT 118 (slin16)", dynamic),
     ];
-    let socks: Vec<UdpSocket> = cases
-        .iter()
-        .map(|(_, bytes)| {
-            let s = rtp_socket();
-            for _ in 0..10 {
-                s.send_to(bytes, voxd).unwrap();
-            }
-            s
-        })
-        .collect();
-    let (got, codes) = rtp_good_call(voxd, 1);
-    assert_eq!(got.len(), codes.len(), "all the RTP audio came back");
-    assert!(got == codes, "echo over RTP PCMU is G.711-exact");
-    for ((what, _), s) in cases.iter().zip(&socks) {
-        assert!(
-            rtp_silent_for(s, Duration::from_millis(100)),
-            "{what}: voxd sent frames to that source"
-        );
-    }
+    bad_sources_beside_a_good_call(voxd, &cases, 1);
     assert_eq!(
         h.sessions_started(),
         1,

@@ -189,27 +189,22 @@ pub(crate) fn validate(cfg: &Config) -> Vec<ConfigIssue> {
     c.host("external_media.rtp_host", &e.rtp_host);
     c.port("external_media.rtp_port", e.rtp_port);
     if let Some(range) = &e.port_range {
-        match e.port_range_bounds() {
+        match e
+            .port_range_bounds()
+            .filter(|&(lo, hi)| lo != 0 && lo <= hi)
+        {
             None => c.push(
                 "external_media.port_range",
                 format!("`{range}` is not a port range; allowed \"A:B\" with 1 <= A <= B <= 65535"),
             ),
-            Some((lo, hi)) => {
-                if lo == 0 || lo > hi {
-                    c.push(
-                        "external_media.port_range",
-                        format!("`{range}` is not a port range; allowed \"A:B\" with 1 <= A <= B <= 65535"),
-                    );
-                } else if !(lo..=hi).contains(&e.rtp_port) {
-                    c.push(
-                        "external_media.port_range",
-                        format!(
-                            "`{range}` does not contain rtp_port ({}); allowed ranges with A <= {} <= B",
-                            e.rtp_port, e.rtp_port
-                        ),
-                    );
-                }
-            }
+            Some((lo, hi)) if !(lo..=hi).contains(&e.rtp_port) => c.push(
+                "external_media.port_range",
+                format!(
+                    "`{range}` does not contain rtp_port ({}); allowed ranges with A <= {} <= B",
+                    e.rtp_port, e.rtp_port
+                ),
+            ),
+            Some(_) => {}
         }
     }
     c.peers(

@@ -138,6 +138,10 @@ pub struct Shard {
     by_peer: HashMap<SocketAddr, u32>,
     expired: Vec<u32>,
     read_buf: Box<[u8]>,
+    /// Payload type of RTP calls (0 PCMU, 8 PCMA).
+    rtp_pt: u8,
+    /// Scratch for one outbound RTP packet.
+    rtp_out: Box<[u8]>,
     stats: ShardStats,
 }
 
@@ -178,6 +182,11 @@ impl Shard {
             udp_rx: UdpBatch::new(64),
             udp_tx: UdpBatch::new(64),
             read_buf: vec![0; 64 * 1024].into_boxed_slice(),
+            rtp_pt: match spec.rtp_codec {
+                Codec::Pcma => rtp::PT_PCMA,
+                _ => rtp::PT_PCMU,
+            },
+            rtp_out: vec![0; rtp::HEADER_LEN + 1500].into_boxed_slice(),
             spec,
             backend,
             bridge,
@@ -210,9 +219,8 @@ impl Shard {
             };
             self.turn(Some(timeout))?;
         }
-        let now = monotonic_ms();
         for slot in 0..self.slots.len() as u32 {
-            self.end_call(slot, EndReason::Shutdown, now);
+            self.end_call(slot, EndReason::Shutdown);
         }
         self.flush_udp();
         self.bridge.notify_control();
@@ -239,7 +247,7 @@ impl Shard {
                 t => {
                     let slot = (t - TOKEN_CONN_BASE) as u32;
                     if ev.writable {
-                        self.flush_tcp(slot, now);
+                        self.flush_tcp(slot);
                     }
                     if ev.readable || ev.hup || ev.error {
                         self.read_tcp(slot, now);
@@ -300,7 +308,7 @@ impl Shard {
     }
 
     /// End a call: tell the control side, forget its addresses, free the slot.
-    fn end_call(&mut self, slot: u32, reason: EndReason, _now: u64) {
+    fn end_call(&mut self, slot: u32, reason: EndReason) {
         let s = &mut self.slots[slot as usize];
         let Some(live) = s.live.take() else { return };
         let call = CallKey::new(self.spec.index, slot, s.generation);
@@ -381,11 +389,11 @@ impl Shard {
             .register(fd, TOKEN_CONN_BASE + u64::from(slot), Interest::READABLE)
             .is_err()
         {
-            self.end_call(slot, EndReason::ProtocolError, now);
+            self.end_call(slot, EndReason::ProtocolError);
             return;
         }
         // Arm the pacing timer (it also enforces the read timeout before the UUID).
-        self.flush_outputs(slot, now);
+        self.flush_outputs(slot);
         // The connection may already hold bytes (edge-triggered: read now).
         self.read_tcp(slot, now);
     }
@@ -426,7 +434,7 @@ impl Shard {
         }
         self.handle_as_events(slot, now);
         if eof && self.slots[slot as usize].live.is_some() {
-            self.end_call(slot, EndReason::CallerHangup, now);
+            self.end_call(slot, EndReason::CallerHangup);
         }
     }
 
@@ -449,7 +457,7 @@ impl Shard {
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(shard = self.spec.index, error = %e, kind = e.label(), "AudioSocket protocol error; closing that connection");
-                    self.end_call(slot, EndReason::ProtocolError, now);
+                    self.end_call(slot, EndReason::ProtocolError);
                     return;
                 }
             };
@@ -461,12 +469,12 @@ impl Shard {
                         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                     if let Some(old) = self.by_uuid.insert(uuid, slot) {
                         if old != slot {
-                            self.end_call(old, EndReason::Replaced, now);
+                            self.end_call(old, EndReason::Replaced);
                             self.by_uuid.insert(uuid, slot);
                         }
                     }
                     self.started(slot, Some(uuid), remote);
-                    self.flush_outputs(slot, now);
+                    self.flush_outputs(slot);
                 }
                 AsEvent::Audio(payload) => {
                     if let Err(e) = live.call.handle_input(Input::CallerAudio {
@@ -474,17 +482,17 @@ impl Shard {
                         payload: &payload,
                     }) {
                         tracing::warn!(shard = self.spec.index, error = %e, "bad caller audio; closing that connection");
-                        self.end_call(slot, EndReason::ProtocolError, now);
+                        self.end_call(slot, EndReason::ProtocolError);
                         return;
                     }
-                    self.flush_outputs(slot, now);
+                    self.flush_outputs(slot);
                 }
                 AsEvent::Dtmf(digit) => {
                     let call = self.key(slot);
                     self.bridge.push(ToControl::Dtmf { call, digit });
                 }
                 AsEvent::Hangup => {
-                    self.end_call(slot, EndReason::CallerHangup, now);
+                    self.end_call(slot, EndReason::CallerHangup);
                     return;
                 }
                 AsEvent::Unknown(_) | AsEvent::PeerError(_) => {}
@@ -492,7 +500,7 @@ impl Shard {
         }
     }
 
-    fn flush_tcp(&mut self, slot: u32, now: u64) {
+    fn flush_tcp(&mut self, slot: u32) {
         let mut stalled = false;
         {
             let Some(live) = self.slots[slot as usize].live.as_mut() else {
@@ -547,7 +555,7 @@ impl Shard {
                 shard = self.spec.index,
                 "AudioSocket peer stopped reading; ending its call"
             );
-            self.end_call(slot, EndReason::ProtocolError, now);
+            self.end_call(slot, EndReason::ProtocolError);
         }
     }
 
@@ -565,42 +573,46 @@ impl Shard {
                 }
             };
             for i in 0..n {
-                let (len, from) = {
-                    let (data, from) = self.udp_rx.get(i);
-                    (data.len(), from)
-                };
-                let _ = len;
+                let (_, from) = self.udp_rx.get(i);
                 self.rtp_packet(i, from, now);
             }
         }
     }
 
+    /// One received datagram (`udp_rx` slot `i`): parsed once; only a packet the call
+    /// can use (right payload type, audio present) counts, and only such a packet
+    /// from an allowed new source starts a call (and a provider session).
     fn rtp_packet(&mut self, i: usize, from: SocketAddr, now: u64) {
-        let slot = match self.by_peer.get(&from) {
-            Some(&s) => s,
+        let known = self.by_peer.get(&from).copied();
+        if known.is_none() && !self.spec.rtp_allow.allows(from.ip()) {
+            self.stats.rtp_dropped += 1;
+            self.stats.refused += 1;
+            return;
+        }
+        let (data, _) = self.udp_rx.get(i);
+        let (sequence, payload) = match rtp::parse(data) {
+            Ok(p) if p.header.payload_type == self.rtp_pt && !p.payload.is_empty() => {
+                let start = p.payload.as_ptr() as usize - data.as_ptr() as usize;
+                (p.header.sequence, start..start + p.payload.len())
+            }
+            _ => {
+                self.stats.rtp_dropped += 1;
+                return;
+            }
+        };
+        let slot = match known {
+            Some(s) => s,
             None => {
-                if !self.spec.rtp_allow.allows(from.ip()) {
-                    self.stats.rtp_dropped += 1;
-                    self.stats.refused += 1;
-                    return;
-                }
-                let (data, _) = self.udp_rx.get(i);
-                let pt = match self.spec.rtp_codec {
-                    Codec::Pcma => rtp::PT_PCMA,
-                    _ => rtp::PT_PCMU,
-                };
-                // Only a packet this call could use starts a call (and a session).
-                match rtp::parse(data) {
-                    Ok(p) if p.header.payload_type == pt && !p.payload.is_empty() => {}
-                    _ => {
-                        self.stats.rtp_dropped += 1;
-                        return;
-                    }
-                }
                 let seed = (now as u32) ^ u32::from(from.port()).rotate_left(16) ^ 0x5EED_F00D;
                 let media = Media::Rtp {
                     peer: from,
-                    sender: RtpSender::new(seed, seed as u16, seed.rotate_left(7), pt, 160),
+                    sender: RtpSender::new(
+                        seed,
+                        seed as u16,
+                        seed.rotate_left(7),
+                        self.rtp_pt,
+                        160,
+                    ),
                     seq: SeqExtender::new(),
                     last_rx_ms: now,
                 };
@@ -611,24 +623,9 @@ impl Shard {
                 };
                 self.by_peer.insert(from, slot);
                 self.started(slot, None, from);
-                // Arm the call's pacing timer now, whatever happens to this packet.
-                self.flush_outputs(slot, now);
                 slot
             }
         };
-        let (data, _) = self.udp_rx.get(i);
-        let Ok(pkt) = rtp::parse(data) else {
-            self.stats.rtp_dropped += 1;
-            return;
-        };
-        let want_pt = match self.spec.rtp_codec {
-            Codec::Pcma => rtp::PT_PCMA,
-            _ => rtp::PT_PCMU,
-        };
-        if pkt.header.payload_type != want_pt || pkt.payload.is_empty() {
-            self.stats.rtp_dropped += 1;
-            return;
-        }
         let Some(live) = self.slots[slot as usize].live.as_mut() else {
             return;
         };
@@ -639,13 +636,14 @@ impl Shard {
             return;
         };
         *last_rx_ms = now;
-        let ext = seq.extend(pkt.header.sequence);
+        let ext = seq.extend(sequence);
+        let payload = &self.udp_rx.get(i).0[payload];
         let _ = live.call.handle_input(Input::CallerRtp {
             at_ms: now,
             seq: ext,
-            payload: pkt.payload,
+            payload,
         });
-        self.flush_outputs(slot, now);
+        self.flush_outputs(slot);
     }
 
     fn flush_udp(&mut self) {
@@ -686,7 +684,7 @@ impl Shard {
                 }
                 ToShard::Hangup { call, reason } => {
                     if self.is_current(*call) {
-                        self.end_call(call.slot(), *reason, now);
+                        self.end_call(call.slot(), *reason);
                     }
                     (*call, None)
                 }
@@ -708,7 +706,7 @@ impl Shard {
                     self.stats.agent_audio_dropped += (given - taken) as u64;
                 }
             }
-            self.flush_outputs(slot, now);
+            self.flush_outputs(slot);
         }
     }
 
@@ -734,19 +732,19 @@ impl Shard {
                 None => continue,
             };
             if idle {
-                self.end_call(slot, EndReason::IdleTimeout, now);
+                self.end_call(slot, EndReason::IdleTimeout);
                 continue;
             }
             if let Some(live) = self.slots[slot as usize].live.as_mut() {
                 let _ = live.call.handle_input(Input::Tick { at_ms: now });
             }
-            self.flush_outputs(slot, now);
+            self.flush_outputs(slot);
         }
         self.expired = expired;
     }
 
     /// Do what the call asks: send frames, forward to the provider, re-arm the timer.
-    fn flush_outputs(&mut self, slot: u32, now: u64) {
+    fn flush_outputs(&mut self, slot: u32) {
         let key = self.key(slot);
         let mut tcp_dirty = false;
         let mut end: Option<EndReason> = None;
@@ -775,8 +773,8 @@ impl Shard {
                             }
                             Media::Rtp { peer, sender, .. } => {
                                 let h = sender.next_header(marker);
-                                let mut pkt = [0u8; 12 + 1500];
-                                if let Ok(n) = rtp::build(&h, payload, &mut pkt) {
+                                let pkt = &mut self.rtp_out;
+                                if let Ok(n) = rtp::build(&h, payload, pkt) {
                                     if !self.udp_tx.push(&pkt[..n], *peer) {
                                         if let Some(sock) = &self.udp {
                                             let _ = send_batch(sock, &mut self.udp_tx);
@@ -821,10 +819,10 @@ impl Shard {
             }
         }
         if tcp_dirty {
-            self.flush_tcp(slot, now);
+            self.flush_tcp(slot);
         }
         if let Some(reason) = end {
-            self.end_call(slot, reason, now);
+            self.end_call(slot, reason);
         }
     }
 }

@@ -932,11 +932,11 @@ mod tests {
         assert_eq!(exp_hold_us(1_000, u64::MAX), super::super::stats::FRAME_US);
     }
 
-    #[test]
-    fn validate_refuses_nonsense() {
-        let cfg = DriverConfig {
+    /// One RTP call at one call per second for one second, to `target`.
+    fn rtp_cfg(target: SocketAddr) -> DriverConfig {
+        DriverConfig {
             transport: Transport::Rtp(super::super::caller::Law::Ulaw),
-            target: "127.0.0.1:9".parse().unwrap(),
+            target,
             calls: 1,
             rate: 1.0,
             seconds: 1.0,
@@ -948,7 +948,12 @@ mod tests {
             signal: SignalConfig::default(),
             pid: None,
             progress: false,
-        };
+        }
+    }
+
+    #[test]
+    fn validate_refuses_nonsense() {
+        let cfg = rtp_cfg("127.0.0.1:9".parse().unwrap());
         assert!(validate(&cfg).is_ok());
         assert!(validate(&DriverConfig {
             calls: 0,
@@ -980,19 +985,10 @@ mod tests {
             .local_addr()
             .unwrap();
         let cfg = DriverConfig {
-            transport: Transport::Rtp(super::super::caller::Law::Ulaw),
-            target: port,
             calls: 2,
             rate: 100.0,
             seconds: 2.0,
-            hold_ms: None,
-            seed: 1,
-            think_ms: 0,
-            threads: 1,
-            wav: None,
-            signal: SignalConfig::default(),
-            pid: None,
-            progress: false,
+            ..rtp_cfg(port)
         };
         match run(&cfg) {
             Err(DriverError::Connect { addr, .. }) => assert_eq!(addr, port),
