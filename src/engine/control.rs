@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::bridge::{
     AudioChunk, BridgeError, CallKey, ControlEnd, EndReason, ToControl, ToShard, CHUNK_BYTES,
 };
+use crate::media::slab::FrameSlab;
 use crate::provider::{
     AgentEvent, CallerEvent, Registry, SessionIo, SessionMeta, EVENTS_CAPACITY, OUT_CAPACITY,
 };
@@ -86,8 +87,14 @@ impl Peers {
     }
 }
 
+/// Bytes of caller audio copied per refill of a session's slab (6 frames of 16 kHz
+/// slin; the session consumes each frame at once, so the slab is reused in place).
+const CALLER_SLAB_BYTES: usize = 4096;
+
 struct Session {
     events: mpsc::Sender<CallerEvent>,
+    /// Caller frames become `Bytes` here without an allocation per frame.
+    slab: FrameSlab,
     uuid: Option<[u8; 16]>,
     backlog: VecDeque<Pending>,
     /// Agent audio sent to the shard and not yet reported played, in bytes.
@@ -197,6 +204,7 @@ fn on_shard_message(
                 call,
                 Session {
                     events: peer.events,
+                    slab: FrameSlab::new(CALLER_SLAB_BYTES),
                     uuid: info.uuid,
                     backlog: VecDeque::new(),
                     inflight_bytes: 0,
@@ -206,11 +214,9 @@ fn on_shard_message(
             tracing::debug!(%call, transport = ?info.transport, provider = provider.name(), "call started");
         }
         ToControl::CallerAudio { call, chunk } => {
-            if let Some(s) = sessions.get(&call) {
-                if s.events
-                    .try_send(CallerEvent::Audio(Bytes::copy_from_slice(chunk.as_slice())))
-                    .is_err()
-                {
+            if let Some(s) = sessions.get_mut(&call) {
+                let frame = s.slab.copy(chunk.as_slice());
+                if s.events.try_send(CallerEvent::Audio(frame)).is_err() {
                     stats.caller_audio_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }

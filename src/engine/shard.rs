@@ -230,7 +230,7 @@ impl Shard {
     /// One loop turn: wait up to `timeout_ms`, then handle sockets, the bridge and
     /// due timers. Public for tests that drive a shard step by step.
     pub fn turn(&mut self, timeout_ms: Option<u32>) -> io::Result<()> {
-        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let mut events = std::mem::replace(&mut self.events, Events::placeholder());
         let waited = self.backend.wait(timeout_ms, &mut events);
         let now = monotonic_ms();
         if let Err(e) = waited {

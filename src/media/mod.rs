@@ -18,6 +18,7 @@ pub mod jitter;
 pub mod playout;
 pub mod resample;
 pub mod rtp;
+pub mod slab;
 pub mod vad;
 
 /// One pacing interval: every call moves one frame of this length per tick.

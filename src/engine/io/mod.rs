@@ -156,6 +156,15 @@ impl Events {
         }
     }
 
+    /// An empty list that allocates nothing, to stand in while the real one is lent
+    /// out (`std::mem::replace`); never waited on.
+    pub fn placeholder() -> Events {
+        Events {
+            list: Vec::new(),
+            cap: 0,
+        }
+    }
+
     /// How many events one wait can return; more stay queued in the kernel for the next.
     pub fn capacity(&self) -> usize {
         self.cap

@@ -317,6 +317,8 @@ pub struct SimAgent {
     speaking_until: Option<u64>,
     queue: VecDeque<SimAction>,
     stats: SimStats,
+    /// A buffer handed back with [`SimAgent::recycle`], reused by the next burst.
+    spare: Vec<i16>,
 }
 
 impl SimAgent {
@@ -353,6 +355,7 @@ impl SimAgent {
             turn,
             speaking_until: None,
             queue: VecDeque::new(),
+            spare: Vec::new(),
             stats: SimStats::default(),
         }
     }
@@ -453,7 +456,9 @@ impl SimAgent {
             }
             Turn::Delivering(r) if now >= r.next_burst_at => {
                 let n = (self.cfg.burst_ms.max(1) as usize * self.spms).min(r.total - r.sent);
-                let mut pcm = Vec::with_capacity(n);
+                let mut pcm = std::mem::take(&mut self.spare);
+                pcm.clear();
+                pcm.reserve(n);
                 match &mut r.source {
                     Source::Synth(v) => v.render(n, &mut pcm),
                     Source::Clip(c) => pcm.extend_from_slice(&c[r.sent..r.sent + n]),
@@ -467,6 +472,15 @@ impl SimAgent {
                 Some(SimAction::Audio(pcm))
             }
             _ => None,
+        }
+    }
+
+    /// Hand back the buffer of a [`SimAction::Audio`] once it has been used: the next
+    /// burst renders into it, so a long call does not allocate per burst.
+    pub fn recycle(&mut self, mut buf: Vec<i16>) {
+        if buf.capacity() > self.spare.capacity() {
+            buf.clear();
+            self.spare = buf;
         }
     }
 

@@ -14,11 +14,11 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::agent::{mix_seed, SimAction, SimAgent, SimConfig};
 use crate::call::Codec;
+use crate::media::slab::FrameSlab;
 use crate::provider::{
     AgentEvent, AudioFormats, CallerEvent, EndReason, Provider, SessionEnd, SessionFuture,
     SessionIo, SessionMeta,
@@ -65,13 +65,26 @@ fn ms_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-fn to_event(action: SimAction, codec: Codec) -> AgentEvent {
+/// Bytes of encoded reply audio per refill of a session's output slab. Replies sit
+/// in voxd's playout backlog until played, so a slab is reused only once the caller
+/// has heard all of it; 16 KiB keeps that to one allocation per 0.5 s (slin16) to
+/// 2 s (G.711) of reply.
+const OUT_SLAB_BYTES: usize = 16 * 1024;
+
+fn to_event(
+    action: SimAction,
+    codec: Codec,
+    agent: &mut SimAgent,
+    slab: &mut FrameSlab,
+) -> AgentEvent {
     match action {
         SimAction::Audio(pcm) => {
-            let mut buf = vec![0u8; pcm.len() * codec.bytes_per_sample()];
-            let n = codec.encode(&pcm, &mut buf);
-            buf.truncate(n);
-            AgentEvent::Audio(Bytes::from(buf))
+            let len = pcm.len() * codec.bytes_per_sample();
+            let bytes = slab.fill(len, |dst| {
+                codec.encode(&pcm, dst);
+            });
+            agent.recycle(pcm);
+            AgentEvent::Audio(bytes)
         }
         SimAction::AudioDone => AgentEvent::AudioDone,
         SimAction::SpeechStarted => AgentEvent::SpeechStarted,
@@ -92,11 +105,13 @@ async fn run(mut cfg: SimConfig, meta: SessionMeta, mut io: SessionIo) -> Sessio
     let mut agent = SimAgent::new(cfg, codec);
     let epoch = Instant::now();
     let mut pcm: Vec<i16> = Vec::new();
+    let mut slab = FrameSlab::new(OUT_SLAB_BYTES);
     tracing::debug!(call_id = meta.call_id, ?codec, "sim session started");
     let end = 'session: loop {
         let now = ms_since(epoch);
         while let Some(action) = agent.poll(now) {
-            if io.out.send(to_event(action, codec)).await.is_err() {
+            let ev = to_event(action, codec, &mut agent, &mut slab);
+            if io.out.send(ev).await.is_err() {
                 break 'session SessionEnd::new(EndReason::ChannelClosed);
             }
         }
