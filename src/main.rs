@@ -109,8 +109,13 @@ struct LoadgenArgs {
     initial_pause_ms: Option<u32>,
     /// voxd's process id: its CPU per call-second and RSS are read from /proc over
     /// the measured window.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "spawn")]
     pid: Option<u32>,
+    /// Start `voxd serve --config CONFIG` (this binary) for the run: its addresses
+    /// (unless --host/--port are given) and pid are taken from it, and it is stopped
+    /// with SIGTERM at the end.
+    #[arg(long, value_name = "CONFIG")]
+    spawn: Option<PathBuf>,
     /// Driver threads (each runs one event loop over its share of the calls).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -163,7 +168,24 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
             18080,
         ),
     };
-    let port = a.port.unwrap_or(default_port);
+    let spawned = match &a.spawn {
+        None => None,
+        Some(config) => {
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => return fail(format!("cannot find this program's path: {e}")),
+            };
+            match voxd::loadgen::spawn::SpawnedVoxd::start(&exe, config) {
+                Ok(s) => Some(s),
+                Err(e) => return fail(e),
+            }
+        }
+    };
+    let spawned_port = spawned.as_ref().map(|s| match a.transport {
+        LoadTransport::Audiosocket => s.audiosocket.port(),
+        LoadTransport::Rtp => s.rtp.port(),
+    });
+    let port = a.port.or(spawned_port).unwrap_or(default_port);
     let target = match std::net::ToSocketAddrs::to_socket_addrs(&(a.host.as_str(), port))
         .ok()
         .and_then(|mut it| it.next())
@@ -200,10 +222,18 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
             initial_pause_ms: a.initial_pause_ms,
             ..Default::default()
         },
-        pid: a.pid,
+        pid: a.pid.or(spawned.as_ref().map(|s| s.pid())),
         progress: !a.quiet,
     };
-    let out = match driver::run(&cfg) {
+    let out = driver::run(&cfg);
+    if let Some(s) = spawned {
+        match s.stop() {
+            Ok(status) if status.success() => {}
+            Ok(status) => eprintln!("warning: the spawned voxd exited with {status}"),
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    let out = match out {
         Ok(o) => o,
         Err(e) => return fail(e.to_string()),
     };

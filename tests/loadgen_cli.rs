@@ -171,3 +171,54 @@ fn loadgen_exits_1_naming_the_address_when_nothing_listens() {
         "{stderr}"
     );
 }
+
+#[test]
+fn loadgen_spawns_and_stops_its_own_voxd() {
+    let dir = temp_dir("spawn");
+    let (as_port, rtp_port, health) = (free_tcp_port(), free_udp_port(), free_tcp_port());
+    let cfg = dir.join("voxd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "default_provider: sim\n\
+             audiosocket: {{host: 127.0.0.1, port: {as_port}, format: slin16}}\n\
+             external_media: {{rtp_host: 127.0.0.1, rtp_port: {rtp_port}, codec: ulaw}}\n\
+             health: {{host: 127.0.0.1, port: {health}}}\n\
+             providers: {{sim: {{think_ms: 100, reply_ms: 600}}}}\n\
+             engine: {{shards: 1}}\n\
+             logging: {{level: warn}}\n"
+        ),
+    )
+    .unwrap();
+    let json = dir.join("spawn.json");
+    let out = Command::new(BIN)
+        .args(["loadgen", "--transport", "rtp", "--spawn"])
+        .arg(&cfg)
+        .args(["--calls", "5", "--rate", "50", "--seconds", "4"])
+        .args(["--think-ms", "100", "--initial-pause-ms", "200", "-q"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("loadgen runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    // No warning about the child's exit: it stopped cleanly on SIGTERM.
+    assert!(!stderr.contains("spawned voxd exited"), "{stderr}");
+    check_json(&json, "rtp (spawned)");
+    // The child is gone: its port is free again.
+    assert!(UdpSocket::bind(("127.0.0.1", rtp_port)).is_ok());
+
+    // A config that cannot start is reported with the child's own words.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "audiosocket: {port: 0}\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["loadgen", "--spawn"])
+        .arg(&bad)
+        .args(["--calls", "1", "--seconds", "1", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exited before listening"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -294,7 +294,7 @@ pub fn run(cfg: &DriverConfig) -> Result<Outcome, DriverError> {
         let voxd = cfg.pid.and_then(|p| ProcSample::read(p).ok());
         (me, voxd, now)
     };
-    let mut ticker = Ticker::new(cfg.pid);
+    let mut ticker = Ticker::new(cfg.pid, end_us as f64 / 1e6, cfg.progress);
     let mut next_progress_us = 1_000_000u64;
     loop {
         let now = elapsed_us(t0);
@@ -324,6 +324,7 @@ pub fn run(cfg: &DriverConfig) -> Result<Outcome, DriverError> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    ticker.finish();
     let mut counters = DriverCounters::default();
     let mut first_err = None;
     for h in handles {
@@ -391,15 +392,45 @@ fn validate(cfg: &DriverConfig) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// The progress line's state: previous CPU samples for the per-second CPU shares.
+/// The progress display's state: previous CPU samples for the per-second CPU
+/// shares, and the progress bar (on a terminal; elsewhere one line per second).
 struct Ticker {
     pid: Option<u32>,
     prev: Option<(u64, Option<ProcSample>, ProcSample)>,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Ticker {
-    fn new(pid: Option<u32>) -> Self {
-        Ticker { pid, prev: None }
+    /// `total_s`: ramp plus window, the bar's length. `show`: draw at all.
+    fn new(pid: Option<u32>, total_s: f64, show: bool) -> Self {
+        let bar = show
+            .then(|| {
+                let bar = indicatif::ProgressBar::with_draw_target(
+                    Some((total_s * 10.0).ceil() as u64),
+                    indicatif::ProgressDrawTarget::stderr_with_hz(2),
+                );
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{elapsed:>4} [{bar:24}] {percent:>3}% {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar
+            })
+            .filter(|b| !b.is_hidden());
+        Ticker {
+            pid,
+            prev: None,
+            bar,
+        }
+    }
+
+    /// Remove the bar before the summary is printed.
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
     }
 
     fn print(&mut self, now_us: u64, calls: usize, progress: &[Arc<ThreadProgress>]) {
@@ -412,10 +443,7 @@ impl Ticker {
         let voxd = self.pid.and_then(|p| ProcSample::read(p).ok());
         let me = ProcSample::read_self().unwrap_or_default();
         let tps = super::procstat::clock_ticks_per_second().max(1) as f64;
-        let mut line = format!(
-            "[{:>6.1}s] calls {up}/{calls}  frames out {out} in {inn}",
-            now_us as f64 / 1e6
-        );
+        let mut line = format!("calls {up}/{calls}  frames out {out} in {inn}");
         if let Some((t, pv, pm)) = &self.prev {
             let dt = (now_us - t) as f64 / 1e6;
             if dt > 0.0 {
@@ -431,7 +459,13 @@ impl Ticker {
                 line.push_str(&format!("  loadgen cpu {:.0}%", cpu * 100.0));
             }
         }
-        eprintln!("{line}");
+        match &self.bar {
+            Some(b) => {
+                b.set_position(now_us / 100_000);
+                b.set_message(line);
+            }
+            None => eprintln!("[{:>6.1}s] {line}", now_us as f64 / 1e6),
+        }
         self.prev = Some((now_us, voxd, me));
     }
 }

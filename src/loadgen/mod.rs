@@ -20,4 +20,5 @@ pub mod caller;
 pub mod driver;
 pub mod procstat;
 pub mod signal;
+pub mod spawn;
 pub mod stats;
