@@ -7,7 +7,9 @@
 #   CALLS    call counts (default: 100 500 1000 2000)
 # env: SECONDS_PER_RUN (default 30), RATE (calls/s, default 200), TRANSPORTS
 #      (default "audiosocket rtp"), THINK_MS (default 300), THREADS (default 1),
-#      EXTRA (extra loadgen arguments), OUT (directory for JSON and logs).
+#      BACKEND (engine.io_backend of the generated config: auto, io_uring, epoll;
+#      default auto), EXTRA (extra loadgen arguments), OUT (directory for JSON and
+#      logs), HEADER (0: no table header).
 #
 # The config's audiosocket.format must be slin16 (or pass EXTRA="--rate-hz 8000" with
 # format: slin) and external_media.codec ulaw (or EXTRA="--codec alaw").
@@ -26,6 +28,8 @@ RATE=${RATE:-200}
 TRANSPORTS=${TRANSPORTS:-audiosocket rtp}
 THINK_MS=${THINK_MS:-300}
 THREADS=${THREADS:-1}
+BACKEND=${BACKEND:-auto}
+HEADER=${HEADER:-1}
 EXTRA=${EXTRA:-}
 OUT=${OUT:-$(mktemp -d /tmp/voxd-loadgen.XXXXXX)}
 mkdir -p "$OUT"
@@ -43,6 +47,7 @@ external_media: {rtp_host: 127.0.0.1, rtp_port: 18491, codec: ulaw, idle_timeout
 health: {host: 127.0.0.1, port: 18492}
 providers: {sim: {think_ms: $THINK_MS, reply_ms: 1500}}
 logging: {level: warn}
+engine: {io_backend: $BACKEND}
 EOF
 fi
 AS_PORT=$("$BIN" check --config "$CONFIG" 2>/dev/null | awk '/^audiosocket:/{a=1} a&&/^  port:/{print $2; exit}')
@@ -59,8 +64,9 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-echo "| transport | calls | p50 dev ms | p99 dev ms | p99.9 dev ms | gaps | voxd cpu us/call-s | voxd cores | voxd rss KiB/call | loadgen cores | loadgen late ticks | SLO |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+BK=$(grep -o 'io backend [a-z_]*' "$OUT/voxd.log" | head -1 | awk '{print $3}')
+[[ $HEADER == 1 ]] && echo "| transport | backend | calls | p50 dev ms | p99 dev ms | p99.9 dev ms | gaps | voxd cpu us/call-s | voxd cores | voxd rss KiB/call | loadgen cores | loadgen late ticks | SLO |"
+[[ $HEADER == 1 ]] && echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for n in $CALLS; do
   for t in $TRANSPORTS; do
     port=$AS_PORT
@@ -69,10 +75,10 @@ for n in $CALLS; do
     # shellcheck disable=SC2086
     "$BIN" loadgen --transport "$t" --port "$port" --calls "$n" --rate "$RATE" \
       --seconds "$SECS" --think-ms "$THINK_MS" --threads "$THREADS" --pid "$VOXD" \
-      --json "$json" -q $EXTRA >"$OUT/$t-$n.txt" 2>&1 || { echo "| $t | $n | run failed: see $OUT/$t-$n.txt |"; continue; }
-    jq -r --arg t "$t" '
+      --json "$json" -q $EXTRA >"$OUT/$t-$n.txt" 2>&1 || { echo "| $t | $BK | $n | run failed: see $OUT/$t-$n.txt |"; continue; }
+    jq -r --arg t "$t" --arg bk "$BK" '
       def ms: . / 1000 | (. * 1000 | round) / 1000;
-      "| \($t) | \(.calls) | \(.inter_arrival_dev_us.p50 | ms) | \(.inter_arrival_dev_us.p99 | ms) | \(.inter_arrival_dev_us.p999 | ms) | \(.gaps) | \(.process.cpu_us_per_call_second // 0 | round) | \(.process.cores_busy // 0 | . * 100 | round / 100) | \((.process.after.rss_bytes // 0) / .calls / 1024 | round) | \(.loadgen.process.cores_busy // 0 | . * 100 | round / 100) | \(.counts.caller_late_ticks) | \(if .slo.pass then "pass" else "FAIL" end) |"
+      "| \($t) | \($bk) | \(.calls) | \(.inter_arrival_dev_us.p50 | ms) | \(.inter_arrival_dev_us.p99 | ms) | \(.inter_arrival_dev_us.p999 | ms) | \(.gaps) | \(.process.cpu_us_per_call_second // 0 | round) | \(.process.cores_busy // 0 | . * 100 | round / 100) | \((.process.after.rss_bytes // 0) / .calls / 1024 | round) | \(.loadgen.process.cores_busy // 0 | . * 100 | round / 100) | \(.counts.caller_late_ticks) | \(if .slo.pass then "pass" else "FAIL" end) |"
     ' "$json"
     # Let voxd end the previous calls (RTP calls end by idle timeout).
     sleep 3

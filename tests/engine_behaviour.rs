@@ -1053,3 +1053,35 @@ fn sim_agent_answers_over_audiosocket() {
         "one reply of about 500 ms, not {span_ms} ms"
     );
 }
+
+#[test]
+fn a_second_engine_on_the_same_ports_refuses_to_start() {
+    let h = Harness::echo();
+    for (which, port) in [
+        ("audiosocket", h.as_addr().port()),
+        ("rtp", h.rtp_addr().port()),
+    ] {
+        let mut cfg = voxd::config::parse_str(ECHO_YAML)
+            .expect("test config")
+            .config;
+        // The port the first engine holds; the other listener on a free port.
+        cfg.audiosocket.port = 0;
+        cfg.external_media.rtp_port = 0;
+        match which {
+            "audiosocket" => cfg.audiosocket.port = port,
+            _ => cfg.external_media.rtp_port = port,
+        }
+        let reg = Arc::new(Registry::from_config(&cfg).expect("registry"));
+        let second = h.rt.block_on(async { Engine::start(&cfg, reg) });
+        match second {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("already in use"), "{which}: {msg}");
+            }
+            Ok(_) => panic!("{which}: a second engine bound port {port} beside the first"),
+        }
+    }
+    // The first engine still carries calls.
+    let mut s = TcpStream::connect(h.as_addr()).unwrap();
+    s.write_all(&frame(0x01, &uuid(9))).unwrap();
+}

@@ -53,6 +53,16 @@ pub enum EngineError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Another process already listens there. Checked before the shards' sockets
+    /// are bound, because SO_REUSEPORT would otherwise let a second voxd (of the same
+    /// user) silently share the port and take half of the calls.
+    #[error("{what} {addr} is already in use by another process (a second voxd? stop it or choose another port)")]
+    InUse {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+    },
     /// The I/O backend could not be opened.
     #[error("I/O backend: {0}")]
     Backend(std::io::Error),
@@ -153,14 +163,26 @@ pub fn shard_count(cfg: &Config) -> usize {
 }
 
 /// Bind `n` SO_REUSEPORT copies of a listener; a configured port 0 becomes the port
-/// the first bind got, so every shard shares it.
+/// the first bind got, so every shard shares it. `exclusive` first binds the address
+/// once without SO_REUSEPORT and lets it go: that fails if any other socket holds
+/// the port, so a second voxd refuses to start instead of sharing the calls.
 fn bind_all<T>(
     what: &'static str,
     addr: SocketAddr,
     n: usize,
+    exclusive: impl Fn(SocketAddr) -> std::io::Result<()>,
     bind: impl Fn(SocketAddr) -> std::io::Result<T>,
     local: impl Fn(&T) -> std::io::Result<SocketAddr>,
 ) -> Result<(Vec<T>, SocketAddr), EngineError> {
+    if addr.port() != 0 {
+        match exclusive(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(EngineError::InUse { what, addr });
+            }
+            Err(source) => return Err(EngineError::Bind { what, addr, source }),
+            Ok(()) => {}
+        }
+    }
     let first = bind(addr).map_err(|source| EngineError::Bind { what, addr, source })?;
     let real = local(&first).map_err(EngineError::Setup)?;
     let mut all = vec![first];
@@ -189,6 +211,7 @@ impl Engine {
             "AudioSocket",
             as_addr,
             n,
+            |a| TcpListener::bind(a).map(drop),
             |a| io::tcp_listener_reuseport(a, 1024),
             TcpListener::local_addr,
         )?;
@@ -196,6 +219,7 @@ impl Engine {
             "RTP",
             rtp_addr,
             n,
+            |a| UdpSocket::bind(a).map(drop),
             io::udp_socket_reuseport,
             UdpSocket::local_addr,
         )?;
