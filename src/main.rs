@@ -325,12 +325,35 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let engine = match voxd::engine::runner::Engine::start(&loaded.config, registry) {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+        let cfg = &loaded.config;
+        let ari_mode = cfg.ari_enabled().then(|| voxd::engine::control::AriMode {
+            bindings: std::sync::Arc::new(voxd::engine::bind::Bindings::default()),
+            accept_unoriginated: cfg.audiosocket.accept_unoriginated,
+        });
+        let engine =
+            match voxd::engine::runner::Engine::start_with(cfg, registry, ari_mode.clone()) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+        let flow = match &ari_mode {
+            None => None,
+            Some(m) => match voxd::ari::flow::AriFlow::start(
+                cfg,
+                m.bindings.clone(),
+                engine.peers.clone(),
+                engine.audiosocket_addr.port(),
+                engine.rtp_addr.port(),
+            ) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("error: ARI: {e}");
+                    engine.stop().await;
+                    return ExitCode::from(1);
+                }
+            },
         };
         if let Some(note) = &engine.backend_note {
             tracing::warn!("{note}");
@@ -351,8 +374,23 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             engine.backend.as_str(),
             loaded.config.default_provider.as_str()
         );
+        if flow.is_some() {
+            eprintln!(
+                "voxd: ARI call flow on for Stasis app `{}` at {}:{} ({} media legs)",
+                cfg.asterisk.app_name,
+                cfg.asterisk.host,
+                cfg.asterisk.port,
+                match cfg.audio_transport {
+                    voxd::config::AudioTransport::Audiosocket => "AudioSocket",
+                    voxd::config::AudioTransport::Externalmedia => "ExternalMedia RTP",
+                }
+            );
+        }
         wait_for_shutdown().await;
         tracing::info!("stopping: ending calls");
+        if let Some(f) = flow {
+            f.stop().await;
+        }
         let stats = engine.stop().await;
         let calls: u64 = stats.iter().map(|s| s.calls_started).sum();
         tracing::info!(calls, "stopped");

@@ -19,6 +19,7 @@
 
 pub mod error;
 pub mod events;
+pub mod flow;
 pub mod rest;
 pub mod tls;
 pub mod version;

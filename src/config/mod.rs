@@ -163,6 +163,14 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
 }
 
 impl Config {
+    /// Whether the ARI call flow runs: `asterisk.enabled`, or when unset, whether
+    /// the ARI user name is set (it only comes from `ASTERISK_ARI_USERNAME`).
+    pub fn ari_enabled(&self) -> bool {
+        self.asterisk
+            .enabled
+            .unwrap_or_else(|| self.asterisk.username.is_set())
+    }
+
     /// Checks every range, format and cross-key rule; returns all violations with
     /// their key paths (empty when valid). Called by the loader after overrides.
     pub fn validate(&self) -> Vec<ConfigIssue> {

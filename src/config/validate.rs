@@ -164,6 +164,15 @@ pub(crate) fn validate(cfg: &Config) -> Vec<ConfigIssue> {
     if let Some(ca) = &a.ca_file {
         c.non_empty("asterisk.ca_file", ca);
     }
+    if a.enabled == Some(true) && (!a.username.is_set() || !a.password.is_set()) {
+        c.push(
+            "asterisk.enabled",
+            "ARI is enabled but ASTERISK_ARI_USERNAME / ASTERISK_ARI_PASSWORD are not both set in the environment".to_string(),
+        );
+    }
+    if let Some(ctx) = &a.transfer_context {
+        c.non_empty("asterisk.transfer_context", ctx);
+    }
 
     // audiosocket
     let s = &cfg.audiosocket;

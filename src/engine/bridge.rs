@@ -183,17 +183,20 @@ pub enum EndReason {
     Shutdown,
     /// A new connection took over this call (same UUID / same RTP peer).
     Replaced,
+    /// voxd did not originate this media session (ARI on, unknown UUID or source).
+    Refused,
 }
 
 impl EndReason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [EndReason; 6] = [
+    pub const ALL: [EndReason; 7] = [
         EndReason::CallerHangup,
         EndReason::AgentHangup,
         EndReason::IdleTimeout,
         EndReason::ProtocolError,
         EndReason::Shutdown,
         EndReason::Replaced,
+        EndReason::Refused,
     ];
 
     /// The metric label / log value.
@@ -205,6 +208,7 @@ impl EndReason {
             EndReason::ProtocolError => "protocol_error",
             EndReason::Shutdown => "shutdown",
             EndReason::Replaced => "replaced",
+            EndReason::Refused => "refused",
         }
     }
 }

@@ -7,6 +7,12 @@
 //! returns credit with `Played`); the rest waits here, in order, so nothing is lost
 //! and the shard's playout never overflows.
 //!
+//! With ARI on ([`AriMode`]), a media session starts its agent only when the call
+//! flow originated it ([`super::bind`]): the binding names the provider, and the
+//! session's life is reported back to the flow. Unknown AudioSocket UUIDs are
+//! refused (unless `audiosocket.accept_unoriginated`); an RTP source nobody expects
+//! yet is parked for [`PARK_MS`] in case the ARI response trails its first packet.
+//!
 //! Must not: touch media sockets, or block the runtime (every channel is bounded and
 //! used with `try_send`, failures are counted).
 
@@ -15,12 +21,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::bind::{AgentAction, Binding, Bindings, Claim, MediaEvent, MediaKey};
 use super::bridge::{
-    AudioChunk, BridgeError, CallKey, ControlEnd, EndReason, ToControl, ToShard, CHUNK_BYTES,
+    AudioChunk, BridgeError, CallInfo, CallKey, ControlEnd, EndReason, ToControl, ToShard,
+    Transport, CHUNK_BYTES,
 };
 use crate::media::slab::FrameSlab;
 use crate::provider::{
@@ -36,6 +45,46 @@ pub struct ControlStats {
     pub sessions_failed: AtomicU64,
     /// Caller audio chunks dropped because a session was not keeping up.
     pub caller_audio_dropped: AtomicU64,
+    /// Media sessions refused because voxd did not originate them (ARI on).
+    pub media_refused: AtomicU64,
+}
+
+/// How long an RTP session nobody expects waits for the ARI response that names
+/// its source before it is refused.
+pub const PARK_MS: u64 = 2_000;
+
+/// ARI mode of the dispatchers.
+#[derive(Debug, Clone)]
+pub struct AriMode {
+    /// The media sessions the call flow originated.
+    pub bindings: Arc<Bindings>,
+    /// Accept AudioSocket sessions voxd did not originate (dialplan `AudioSocket()`
+    /// beside ARI calls), with the default provider.
+    pub accept_unoriginated: bool,
+}
+
+/// Commands to a shard's dispatcher from elsewhere on the control runtime (another
+/// dispatcher, the ARI call flow). Rare (call control, not audio), so the ~2 KiB
+/// `Shard` variant is not boxed: it is a hang-up in practice.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum ControlCmd {
+    /// Pass a message to the shard.
+    Shard(ToShard),
+    /// A parked RTP session turned out to be this binding's: start its agent.
+    Bind {
+        /// The shard's call.
+        call: CallKey,
+        /// Its binding.
+        binding: Binding,
+    },
+    /// DTMF from ARI (`ChannelDtmfReceived`) for the call's agent.
+    Dtmf {
+        /// The call.
+        call: CallKey,
+        /// The digit.
+        digit: char,
+    },
 }
 
 enum Pending {
@@ -49,12 +98,12 @@ enum Pending {
 #[derive(Debug, Default)]
 pub struct Peers {
     uuids: Mutex<HashMap<[u8; 16], CallKey>>,
-    cmds: Vec<mpsc::Sender<ToShard>>,
+    cmds: Vec<mpsc::Sender<ControlCmd>>,
 }
 
 impl Peers {
     /// Shared state for `n` shards, and each dispatcher's command receiver.
-    pub fn new(n: usize) -> (Arc<Peers>, Vec<mpsc::Receiver<ToShard>>) {
+    pub fn new(n: usize) -> (Arc<Peers>, Vec<mpsc::Receiver<ControlCmd>>) {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(1024)).unzip();
         (
             Arc::new(Peers {
@@ -80,9 +129,17 @@ impl Peers {
     }
 
     /// Ask the dispatcher of `call`'s shard to hang it up.
-    fn hang_up(&self, call: CallKey, reason: EndReason) {
+    pub fn hang_up(&self, call: CallKey, reason: EndReason) {
+        self.command(call, ControlCmd::Shard(ToShard::Hangup { call, reason }));
+    }
+
+    /// Send a command to the dispatcher of `call`'s shard (dropped, with a log line,
+    /// if its queue is full: the dispatcher is gone or badly behind).
+    pub fn command(&self, call: CallKey, cmd: ControlCmd) {
         if let Some(tx) = self.cmds.get(usize::from(call.shard())) {
-            let _ = tx.try_send(ToShard::Hangup { call, reason });
+            if tx.try_send(cmd).is_err() {
+                tracing::warn!(%call, "dispatcher command queue full or closed; command dropped");
+            }
         }
     }
 }
@@ -101,25 +158,56 @@ struct Session {
     inflight_bytes: usize,
     /// Bytes of provider audio per millisecond (8 for PCMU, 48 for 24 kHz slin).
     bytes_per_ms: usize,
+    /// The ARI call this session belongs to (ARI mode).
+    binding: Option<Binding>,
 }
 
-/// Run the dispatcher of one shard until the shard's bridge closes.
-/// `credit_ms` is how much agent audio may sit unplayed in the shard (keep it
-/// below `streaming.jitter_buffer_ms`).
-pub async fn run(
-    mut ctrl: ControlEnd,
+/// Everything one dispatcher owns.
+struct Dispatcher {
+    ctrl: ControlEnd,
     registry: Arc<Registry>,
     credit_ms: u32,
     stats: Arc<ControlStats>,
     peers: Arc<Peers>,
-    mut cmds: mpsc::Receiver<ToShard>,
+    ari: Option<AriMode>,
+    sessions: HashMap<CallKey, Session>,
+    /// RTP sessions waiting for their binding: since when, and their facts.
+    parked: HashMap<CallKey, (Instant, CallInfo)>,
+    agent_tx: mpsc::Sender<(CallKey, AgentEvent)>,
+}
+
+/// Run the dispatcher of one shard until the shard's bridge closes.
+/// `credit_ms` is how much agent audio may sit unplayed in the shard (keep it
+/// below `streaming.jitter_buffer_ms`). `ari`: ARI mode (bindings), or `None`
+/// for AudioSocket/RTP without ARI (every session gets the default provider).
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    ctrl: ControlEnd,
+    registry: Arc<Registry>,
+    credit_ms: u32,
+    stats: Arc<ControlStats>,
+    peers: Arc<Peers>,
+    mut cmds: mpsc::Receiver<ControlCmd>,
+    ari: Option<AriMode>,
 ) {
     let (agent_tx, mut agent_rx) = mpsc::channel::<(CallKey, AgentEvent)>(1024);
-    let mut sessions: HashMap<CallKey, Session> = HashMap::new();
+    let mut d = Dispatcher {
+        ctrl,
+        registry,
+        credit_ms,
+        stats,
+        peers,
+        ari,
+        sessions: HashMap::new(),
+        parked: HashMap::new(),
+        agent_tx,
+    };
     let mut batch = Vec::with_capacity(256);
+    let mut sweep = tokio::time::interval(Duration::from_millis(250));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            got = ctrl.recv_batch(&mut batch) => {
+            got = d.ctrl.recv_batch(&mut batch) => {
                 match got {
                     Ok(_) => {}
                     Err(BridgeError::Closed(_)) => break,
@@ -129,171 +217,277 @@ pub async fn run(
                     }
                 }
                 for msg in batch.drain(..) {
-                    on_shard_message(msg, &mut ctrl, &registry, &mut sessions, &agent_tx, credit_ms, &stats, &peers);
+                    d.on_shard_message(msg);
                 }
             }
-            Some(cmd) = cmds.recv() => {
-                // From another shard's dispatcher (a UUID moved away from here).
-                let _ = ctrl.push(cmd);
-            }
+            Some(cmd) = cmds.recv() => d.on_command(cmd),
             Some((call, ev)) = agent_rx.recv() => {
-                on_agent_event(call, ev, &mut ctrl, &mut sessions, credit_ms);
+                d.on_agent_event(call, ev);
                 while let Ok((call, ev)) = agent_rx.try_recv() {
-                    on_agent_event(call, ev, &mut ctrl, &mut sessions, credit_ms);
+                    d.on_agent_event(call, ev);
                 }
             }
+            _ = sweep.tick(), if !d.parked.is_empty() => d.sweep_parked(),
         }
-        ctrl.notify_shard();
+        d.ctrl.notify_shard();
     }
-    for (_, s) in sessions.drain() {
+    for (_, s) in d.sessions.drain() {
         let _ = s.events.try_send(CallerEvent::Hangup);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn on_shard_message(
-    msg: ToControl,
-    ctrl: &mut ControlEnd,
-    registry: &Arc<Registry>,
-    sessions: &mut HashMap<CallKey, Session>,
-    agent_tx: &mpsc::Sender<(CallKey, AgentEvent)>,
-    credit_ms: u32,
-    stats: &ControlStats,
-    peers: &Peers,
-) {
-    match msg {
-        ToControl::CallStarted { call, info } => {
-            let provider = match registry.default_provider() {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(%call, error = %e, "no provider for the call; hanging up");
-                    stats.sessions_failed.fetch_add(1, Ordering::Relaxed);
-                    let _ = ctrl.push(ToShard::Hangup {
+impl Dispatcher {
+    fn hang_up(&mut self, call: CallKey, reason: EndReason) {
+        let _ = self.ctrl.push(ToShard::Hangup { call, reason });
+    }
+
+    fn on_command(&mut self, cmd: ControlCmd) {
+        match cmd {
+            ControlCmd::Shard(msg) => {
+                let _ = self.ctrl.push(msg);
+            }
+            ControlCmd::Bind { call, binding } => {
+                if let Some((_, info)) = self.parked.remove(&call) {
+                    self.start_session(call, info, Some(binding));
+                }
+            }
+            ControlCmd::Dtmf { call, digit } => {
+                if let Some(s) = self.sessions.get(&call) {
+                    let _ = s.events.try_send(CallerEvent::Dtmf(digit));
+                }
+            }
+        }
+    }
+
+    /// Refuse RTP sessions that waited longer than [`PARK_MS`] for a binding.
+    fn sweep_parked(&mut self) {
+        let now = Instant::now();
+        let late: Vec<(CallKey, CallInfo)> = self
+            .parked
+            .iter()
+            .filter(|(_, (since, _))| now.duration_since(*since) >= Duration::from_millis(PARK_MS))
+            .map(|(&k, (_, info))| (k, *info))
+            .collect();
+        for (call, info) in late {
+            self.parked.remove(&call);
+            if let Some(ari) = &self.ari {
+                ari.bindings.unpark(MediaKey::Rtp(info.remote), call);
+            }
+            tracing::warn!(%call, "RTP from a source no ARI call expects; refused");
+            self.stats.media_refused.fetch_add(1, Ordering::Relaxed);
+            self.hang_up(call, EndReason::Refused);
+        }
+    }
+
+    fn on_shard_message(&mut self, msg: ToControl) {
+        match msg {
+            ToControl::CallStarted { call, info } => self.on_call_started(call, info),
+            ToControl::CallerAudio { call, chunk } => {
+                if let Some(s) = self.sessions.get_mut(&call) {
+                    let frame = s.slab.copy(chunk.as_slice());
+                    if s.events.try_send(CallerEvent::Audio(frame)).is_err() {
+                        self.stats
+                            .caller_audio_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            ToControl::Dtmf { call, digit } => {
+                if let Some(s) = self.sessions.get(&call) {
+                    let _ = s.events.try_send(CallerEvent::Dtmf(digit));
+                }
+            }
+            ToControl::BargeIn {
+                call,
+                played_ms,
+                from_provider,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&call) {
+                    s.backlog.clear();
+                    s.inflight_bytes = 0;
+                    if !from_provider {
+                        let _ = s.events.try_send(CallerEvent::BargeIn { played_ms });
+                    }
+                }
+            }
+            ToControl::Played { call, ms } => {
+                if let Some(s) = self.sessions.get_mut(&call) {
+                    s.inflight_bytes = s
+                        .inflight_bytes
+                        .saturating_sub(ms as usize * s.bytes_per_ms);
+                    pump(call, s, &mut self.ctrl, self.credit_ms);
+                }
+            }
+            ToControl::CallEnded { call, reason } => {
+                if let Some((_, info)) = self.parked.remove(&call) {
+                    if let Some(ari) = &self.ari {
+                        ari.bindings.unpark(MediaKey::Rtp(info.remote), call);
+                    }
+                }
+                if let Some(s) = self.sessions.remove(&call) {
+                    let _ = s.events.try_send(CallerEvent::Hangup);
+                    if let Some(uuid) = s.uuid {
+                        self.peers.release(uuid, call);
+                    }
+                    if let Some(b) = s.binding {
+                        let _ = b.events.try_send(MediaEvent::Down {
+                            caller: b.caller.clone(),
+                            call,
+                            reason,
+                        });
+                    }
+                }
+                tracing::debug!(%call, reason = reason.as_str(), "call ended");
+            }
+        }
+    }
+
+    fn on_call_started(&mut self, call: CallKey, info: CallInfo) {
+        let Some(ari) = &self.ari else {
+            self.start_session(call, info, None);
+            return;
+        };
+        let (key, may_park) = match (info.uuid, info.transport) {
+            (Some(u), _) => (MediaKey::Uuid(u), false),
+            (None, Transport::Rtp) => (MediaKey::Rtp(info.remote), true),
+            (None, _) => {
+                self.hang_up(call, EndReason::ProtocolError);
+                return;
+            }
+        };
+        match ari.bindings.claim(key, call, may_park) {
+            Claim::Bound(b) => self.start_session(call, info, Some(b)),
+            Claim::Parked => {
+                self.parked.insert(call, (Instant::now(), info));
+            }
+            Claim::Unknown if ari.accept_unoriginated && info.uuid.is_some() => {
+                self.start_session(call, info, None);
+            }
+            Claim::Unknown => {
+                tracing::warn!(%call, transport = ?info.transport, "media session voxd did not originate (unknown AudioSocket UUID); refused");
+                self.stats.media_refused.fetch_add(1, Ordering::Relaxed);
+                self.hang_up(call, EndReason::Refused);
+            }
+        }
+    }
+
+    fn start_session(&mut self, call: CallKey, info: CallInfo, binding: Option<Binding>) {
+        let requested = binding.as_ref().and_then(|b| b.provider.as_deref());
+        let provider = match self.registry.resolve(requested) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(%call, error = %e, "no provider for the call; hanging up");
+                self.stats.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(b) = &binding {
+                    let _ = b.events.try_send(MediaEvent::Down {
+                        caller: b.caller.clone(),
                         call,
                         reason: EndReason::AgentHangup,
                     });
-                    return;
                 }
-            };
-            let (io, mut peer) = SessionIo::pair(EVENTS_CAPACITY, OUT_CAPACITY);
-            let meta = SessionMeta {
-                call_id: call.as_u64(),
-                caller_codec: info.caller_codec,
-                agent: None,
-                started_at_ms: 0,
-            };
-            provider.start(meta, io);
-            stats.sessions_started.fetch_add(1, Ordering::Relaxed);
-            let tx = agent_tx.clone();
-            tokio::spawn(async move {
-                while let Some(ev) = peer.out.recv().await {
-                    if tx.send((call, ev)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let r = info.provider_codec.rate();
-            let bytes_per_ms = r.samples_per_ms() * info.provider_codec.bytes_per_sample();
-            if let Some(uuid) = info.uuid {
-                if let Some(old) = peers.claim(uuid, call) {
-                    tracing::info!(%call, %old, "same AudioSocket UUID reconnected: replacing the old call");
-                    peers.hang_up(old, EndReason::Replaced);
+                self.hang_up(call, EndReason::AgentHangup);
+                return;
+            }
+        };
+        let (io, mut peer) = SessionIo::pair(EVENTS_CAPACITY, OUT_CAPACITY);
+        let meta = SessionMeta {
+            call_id: call.as_u64(),
+            caller_codec: info.caller_codec,
+            agent: binding.as_ref().and_then(|b| b.agent.clone()),
+            started_at_ms: 0,
+        };
+        provider.start(meta, io);
+        self.stats.sessions_started.fetch_add(1, Ordering::Relaxed);
+        let tx = self.agent_tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = peer.out.recv().await {
+                if tx.send((call, ev)).await.is_err() {
+                    break;
                 }
             }
-            sessions.insert(
+        });
+        let r = info.provider_codec.rate();
+        let bytes_per_ms = r.samples_per_ms() * info.provider_codec.bytes_per_sample();
+        if let Some(uuid) = info.uuid {
+            if let Some(old) = self.peers.claim(uuid, call) {
+                tracing::info!(%call, %old, "same AudioSocket UUID reconnected: replacing the old call");
+                self.peers.hang_up(old, EndReason::Replaced);
+            }
+        }
+        if let Some(b) = &binding {
+            let _ = b.events.try_send(MediaEvent::Up {
+                caller: b.caller.clone(),
                 call,
-                Session {
-                    events: peer.events,
-                    slab: FrameSlab::new(CALLER_SLAB_BYTES),
-                    uuid: info.uuid,
-                    backlog: VecDeque::new(),
-                    inflight_bytes: 0,
-                    bytes_per_ms,
-                },
-            );
-            tracing::debug!(%call, transport = ?info.transport, provider = provider.name(), "call started");
+            });
         }
-        ToControl::CallerAudio { call, chunk } => {
-            if let Some(s) = sessions.get_mut(&call) {
-                let frame = s.slab.copy(chunk.as_slice());
-                if s.events.try_send(CallerEvent::Audio(frame)).is_err() {
-                    stats.caller_audio_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        ToControl::Dtmf { call, digit } => {
-            if let Some(s) = sessions.get(&call) {
-                let _ = s.events.try_send(CallerEvent::Dtmf(digit));
-            }
-        }
-        ToControl::BargeIn {
+        tracing::debug!(%call, transport = ?info.transport, provider = provider.name(), "call started");
+        self.sessions.insert(
             call,
-            played_ms,
-            from_provider,
-        } => {
-            if let Some(s) = sessions.get_mut(&call) {
+            Session {
+                events: peer.events,
+                slab: FrameSlab::new(CALLER_SLAB_BYTES),
+                uuid: info.uuid,
+                backlog: VecDeque::new(),
+                inflight_bytes: 0,
+                bytes_per_ms,
+                binding,
+            },
+        );
+    }
+
+    fn on_agent_event(&mut self, call: CallKey, ev: AgentEvent) {
+        let credit_ms = self.credit_ms;
+        let Some(s) = self.sessions.get_mut(&call) else {
+            return;
+        };
+        match ev {
+            AgentEvent::Audio(bytes) => {
+                s.backlog.push_back(Pending::Audio(bytes));
+                pump(call, s, &mut self.ctrl, credit_ms);
+            }
+            AgentEvent::AudioDone => {
+                s.backlog.push_back(Pending::Done);
+                pump(call, s, &mut self.ctrl, credit_ms);
+            }
+            AgentEvent::SpeechStarted => {
                 s.backlog.clear();
                 s.inflight_bytes = 0;
-                if !from_provider {
-                    let _ = s.events.try_send(CallerEvent::BargeIn { played_ms });
+                let _ = self.ctrl.push(ToShard::SpeechStarted { call });
+            }
+            AgentEvent::Hangup { reason } => {
+                tracing::info!(%call, %reason, "agent ended the call");
+                let _ = self.ctrl.push(ToShard::Hangup {
+                    call,
+                    reason: EndReason::AgentHangup,
+                });
+            }
+            AgentEvent::Play { media } => match &s.binding {
+                Some(b) => {
+                    let _ = b.events.try_send(MediaEvent::Action {
+                        caller: b.caller.clone(),
+                        action: AgentAction::Play { media },
+                    });
                 }
-            }
-        }
-        ToControl::Played { call, ms } => {
-            if let Some(s) = sessions.get_mut(&call) {
-                s.inflight_bytes = s
-                    .inflight_bytes
-                    .saturating_sub(ms as usize * s.bytes_per_ms);
-                pump(call, s, ctrl, credit_ms);
-            }
-        }
-        ToControl::CallEnded { call, reason } => {
-            if let Some(s) = sessions.remove(&call) {
-                let _ = s.events.try_send(CallerEvent::Hangup);
-                if let Some(uuid) = s.uuid {
-                    peers.release(uuid, call);
+                None => {
+                    tracing::warn!(%call, "agent asked to play a prompt, but the call has no ARI control; ignored")
                 }
+            },
+            AgentEvent::Transfer { context, exten } => match &s.binding {
+                Some(b) => {
+                    let _ = b.events.try_send(MediaEvent::Action {
+                        caller: b.caller.clone(),
+                        action: AgentAction::Transfer { context, exten },
+                    });
+                }
+                None => {
+                    tracing::warn!(%call, "agent asked for a transfer, but the call has no ARI control; ignored")
+                }
+            },
+            AgentEvent::Error { error } => {
+                tracing::warn!(%call, error = %error, "provider error");
             }
-            tracing::debug!(%call, reason = reason.as_str(), "call ended");
+            AgentEvent::Transcript { .. } | AgentEvent::ResponseDone => {}
         }
-    }
-}
-
-fn on_agent_event(
-    call: CallKey,
-    ev: AgentEvent,
-    ctrl: &mut ControlEnd,
-    sessions: &mut HashMap<CallKey, Session>,
-    credit_ms: u32,
-) {
-    let Some(s) = sessions.get_mut(&call) else {
-        return;
-    };
-    match ev {
-        AgentEvent::Audio(bytes) => {
-            s.backlog.push_back(Pending::Audio(bytes));
-            pump(call, s, ctrl, credit_ms);
-        }
-        AgentEvent::AudioDone => {
-            s.backlog.push_back(Pending::Done);
-            pump(call, s, ctrl, credit_ms);
-        }
-        AgentEvent::SpeechStarted => {
-            s.backlog.clear();
-            s.inflight_bytes = 0;
-            let _ = ctrl.push(ToShard::SpeechStarted { call });
-        }
-        AgentEvent::Hangup { reason } => {
-            tracing::info!(%call, %reason, "agent ended the call");
-            let _ = ctrl.push(ToShard::Hangup {
-                call,
-                reason: EndReason::AgentHangup,
-            });
-        }
-        AgentEvent::Error { error } => {
-            tracing::warn!(%call, error = %error, "provider error");
-        }
-        AgentEvent::Transcript { .. } | AgentEvent::ResponseDone => {}
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod allow;
 pub mod asconn;
+pub mod bind;
 pub mod bridge;
 pub mod control;
 pub mod io;

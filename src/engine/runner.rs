@@ -94,6 +94,8 @@ pub struct Engine {
     pub shards: usize,
     /// Control-side counters.
     pub control_stats: Arc<ControlStats>,
+    /// Reaches each shard's dispatcher (hang up a call, DTMF, bind a session).
+    pub peers: Arc<Peers>,
 }
 
 fn resolve(what: &'static str, host: &str, port: u16) -> Result<SocketAddr, EngineError> {
@@ -200,6 +202,16 @@ impl Engine {
     /// Bind every socket, start the shards (pinned, one per core where possible) and
     /// their dispatchers on the current tokio runtime. Call from inside the runtime.
     pub fn start(cfg: &Config, registry: Arc<Registry>) -> Result<Engine, EngineError> {
+        Engine::start_with(cfg, registry, None)
+    }
+
+    /// [`Engine::start`] in ARI mode: media sessions start their agent only when the
+    /// ARI call flow originated them (see [`control::AriMode`]).
+    pub fn start_with(
+        cfg: &Config,
+        registry: Arc<Registry>,
+        ari: Option<control::AriMode>,
+    ) -> Result<Engine, EngineError> {
         let n = shard_count(cfg);
         let as_addr = resolve("audiosocket", &cfg.audiosocket.host, cfg.audiosocket.port)?;
         let rtp_addr = resolve(
@@ -294,6 +306,7 @@ impl Engine {
                 control_stats.clone(),
                 peers.clone(),
                 cmds,
+                ari.clone(),
             )));
         }
         Ok(Engine {
@@ -306,6 +319,7 @@ impl Engine {
             backend_note,
             shards: n,
             control_stats,
+            peers,
         })
     }
 

@@ -127,6 +127,20 @@ pub enum AgentEvent {
         /// What went wrong.
         error: ProviderError,
     },
+    /// The agent wants a prompt played to the caller (ARI `play`; calls without
+    /// ARI control log and ignore it).
+    Play {
+        /// ARI media URI, e.g. `sound:hello-world`.
+        media: String,
+    },
+    /// The agent hands the caller back to the dialplan (ARI `continue`), e.g. to a
+    /// human queue; `context: None` uses the configured transfer context.
+    Transfer {
+        /// Dialplan context.
+        context: Option<String>,
+        /// Extension.
+        exten: String,
+    },
     /// The agent ends the call (e.g. a hang-up tool call); the session then returns.
     Hangup {
         /// Why, for the logs.

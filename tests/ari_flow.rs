@@ -1,0 +1,463 @@
+//! The ARI call flow end to end over real loopback: the ARI emulator plays Asterisk
+//! (REST, events WebSocket, media legs that really connect to voxd's AudioSocket or
+//! send RTP to it), voxd's engine and call flow run in this process. Asserts
+//! behaviour only: audio came back, the REST sequence, no channel or bridge left.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use voxd::ari::flow::AriFlow;
+use voxd::config::{Config, Secret};
+use voxd::engine::bind::Bindings;
+use voxd::engine::control::AriMode;
+use voxd::engine::runner::Engine;
+use voxd::loadgen::ari_emu::{AriEmulator, CallSpec, EmuConfig};
+use voxd::provider::Registry;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+struct Rig {
+    emu: AriEmulator,
+    engine: Option<Engine>,
+    flow: Option<AriFlow>,
+    cfg: Config,
+}
+
+fn config(yaml: &str, emu: &AriEmulator) -> Config {
+    let mut cfg = voxd::config::parse_str(yaml).expect("test config").config;
+    cfg.audiosocket.port = 0;
+    cfg.external_media.rtp_port = 0;
+    cfg.asterisk.enabled = Some(true);
+    cfg.asterisk.host = "127.0.0.1".into();
+    cfg.asterisk.port = emu.addr().port();
+    cfg.asterisk.username = Secret::new("asterisk");
+    cfg.asterisk.password = Secret::new("asterisk");
+    cfg
+}
+
+async fn start_rig(yaml: &str, emu_cfg: EmuConfig) -> Rig {
+    let emu = AriEmulator::start(emu_cfg).await.expect("emulator starts");
+    let cfg = config(yaml, &emu);
+    let mode = AriMode {
+        bindings: Arc::new(Bindings::default()),
+        accept_unoriginated: cfg.audiosocket.accept_unoriginated,
+    };
+    let reg = Arc::new(Registry::from_config(&cfg).expect("registry"));
+    let engine = Engine::start_with(&cfg, reg, Some(mode.clone())).expect("engine starts");
+    let flow = AriFlow::start(
+        &cfg,
+        mode.bindings.clone(),
+        engine.peers.clone(),
+        engine.audiosocket_addr.port(),
+        engine.rtp_addr.port(),
+    )
+    .expect("flow starts");
+    let mut connected = flow.connected.clone();
+    tokio::time::timeout(LIMIT, connected.wait_for(|c| *c))
+        .await
+        .expect("ARI connects")
+        .unwrap();
+    assert!(emu.wait_app_registered(&cfg.asterisk.app_name, LIMIT).await);
+    Rig {
+        emu,
+        engine: Some(engine),
+        flow: Some(flow),
+        cfg,
+    }
+}
+
+impl Rig {
+    async fn stop(mut self) -> voxd::loadgen::ari_emu::StopReport {
+        if let Some(f) = self.flow.take() {
+            f.stop().await;
+        }
+        if let Some(e) = self.engine.take() {
+            e.stop().await;
+        }
+        self.emu.stop().await
+    }
+}
+
+/// Poll `cond` every 20 ms until it holds (or fail after LIMIT).
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const ECHO_AS: &str = "
+default_provider: echo
+audio_transport: audiosocket
+audiosocket: {host: 127.0.0.1, format: slin16}
+external_media: {rtp_host: 127.0.0.1, codec: ulaw}
+engine: {shards: 2}
+barge_in: {enabled: false}
+";
+
+/// One call: place it, hear the agent (echo: the caller's own tone) come back,
+/// hang the caller up, and check nothing is left in "Asterisk".
+async fn one_call(rig: &Rig, spec: CallSpec) {
+    let id = rig.emu.place_call(spec).expect("call placed");
+    until("agent audio reaches the caller", || {
+        rig.emu
+            .media_stats(&id)
+            .is_some_and(|m| m.voiced_frames_received >= 25)
+    })
+    .await;
+    rig.emu.hangup_caller(&id).expect("hang up");
+    until("no channel or bridge left", || {
+        let c = rig.emu.counters();
+        c.live_channels == 0 && c.live_bridges == 0
+    })
+    .await;
+}
+
+fn assert_clean(report: &voxd::loadgen::ari_emu::StopReport) {
+    assert!(report.leaked_channels.is_empty(), "{report:?}");
+    assert!(report.leaked_bridges.is_empty(), "{report:?}");
+    assert!(report.leaked_legs.is_empty(), "{report:?}");
+}
+
+#[test]
+fn audiosocket_call_via_channel_originate_echoes_and_cleans_up() {
+    runtime().block_on(async {
+        let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
+        one_call(&rig, CallSpec::default()).await;
+        // The exact REST sequence of a call voxd set up and tore down.
+        let seq: Vec<String> = rig
+            .emu
+            .requests()
+            .iter()
+            .filter(|r| !r.path.ends_with("/events"))
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        let pos = |needle: &str| {
+            seq.iter()
+                .position(|s| s.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} missing from {seq:#?}"))
+        };
+        let answer = pos("/answer");
+        let bridge = pos("POST /ari/bridges");
+        let originate = seq
+            .iter()
+            .position(|s| s == "POST /ari/channels")
+            .unwrap_or_else(|| panic!("originate missing from {seq:#?}"));
+        let add = pos("/addChannel");
+        let del_bridge = pos("DELETE /ari/bridges/");
+        assert!(answer < bridge && bridge < originate && originate < add && add < del_bridge);
+        let rec = rig
+            .emu
+            .requests()
+            .into_iter()
+            .find(|r| r.path == "/ari/channels" && r.method == "POST")
+            .unwrap();
+        let endpoint = rec.query.get("endpoint").cloned().unwrap_or_default();
+        assert!(
+            endpoint.starts_with("AudioSocket/127.0.0.1:") && endpoint.ends_with("/c(slin16)"),
+            "{endpoint}"
+        );
+        assert_eq!(
+            rec.query.get("app").map(String::as_str),
+            Some("asterisk-ai-voice-agent")
+        );
+        let report = rig.stop().await;
+        assert_clean(&report);
+    });
+}
+
+#[test]
+fn audiosocket_call_via_external_media_and_rtp_call_echo() {
+    runtime().block_on(async {
+        let yaml = format!("{ECHO_AS}\nasterisk: {{media_originate: external_media}}\n");
+        let rig = start_rig(&yaml, EmuConfig::default()).await;
+        one_call(&rig, CallSpec::default()).await;
+        let ext = rig
+            .emu
+            .requests()
+            .into_iter()
+            .find(|r| r.path == "/ari/channels/externalMedia")
+            .expect("externalMedia used");
+        assert_eq!(
+            ext.query.get("encapsulation").map(String::as_str),
+            Some("audiosocket")
+        );
+        assert_eq!(ext.query.get("transport").map(String::as_str), Some("tcp"));
+        assert!(ext.query.contains_key("data"));
+        assert_clean(&rig.stop().await);
+
+        let yaml = ECHO_AS.replace(
+            "audio_transport: audiosocket",
+            "audio_transport: externalmedia",
+        );
+        let rig = start_rig(&yaml, EmuConfig::default()).await;
+        one_call(&rig, CallSpec::default()).await;
+        let ext = rig
+            .emu
+            .requests()
+            .into_iter()
+            .find(|r| r.path == "/ari/channels/externalMedia")
+            .expect("externalMedia used");
+        assert_eq!(ext.query.get("format").map(String::as_str), Some("ulaw"));
+        assert_clean(&rig.stop().await);
+    });
+}
+
+#[test]
+fn sim_agent_answers_and_provider_comes_from_the_dialplan() {
+    runtime().block_on(async {
+        // Default echo; the dialplan picks `sim` with AI_PROVIDER.
+        let yaml = format!("{ECHO_AS}\nproviders: {{sim: {{think_ms: 100, reply_ms: 800}}}}\n");
+        let emu_cfg = EmuConfig {
+            default_signal: voxd::loadgen::ari_emu::CallerSignal::Speech {
+                seed: 3,
+                config: voxd::loadgen::signal::SignalConfig {
+                    initial_pause_ms: Some(100),
+                    talk_ms: (800, 1000),
+                    pause_ms: (2000, 2500),
+                    ..Default::default()
+                },
+            },
+            ..EmuConfig::default()
+        };
+        let rig = start_rig(&yaml, emu_cfg).await;
+        let spec = CallSpec {
+            provider: Some("sim".into()),
+            agent: Some("sales".into()),
+            ..CallSpec::default()
+        };
+        one_call(&rig, spec).await;
+        assert_clean(&rig.stop().await);
+    });
+}
+
+#[test]
+fn refused_originate_hangs_up_the_caller_and_leaves_nothing() {
+    runtime().block_on(async {
+        let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
+        rig.emu.set_refuse_originate(Some(500));
+        let id = rig.emu.place_call(CallSpec::default()).unwrap();
+        until("caller hung up, bridge destroyed", || {
+            let c = rig.emu.counters();
+            c.live_channels == 0 && c.live_bridges == 0 && c.calls_placed == 1
+        })
+        .await;
+        assert!(rig.emu.channel_json(&id).is_none());
+        let flow = rig.flow.as_ref().unwrap();
+        assert_eq!(flow.stats.setup_failures.load(Ordering::Relaxed), 1);
+        // A later call works once Asterisk accepts originates again.
+        rig.emu.set_refuse_originate(None);
+        one_call(&rig, CallSpec::default()).await;
+        assert_clean(&rig.stop().await);
+    });
+}
+
+#[test]
+fn caller_hangup_mid_call_and_media_leg_loss_both_clean_up() {
+    runtime().block_on(async {
+        let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
+        // Media-leg loss: Asterisk (here the test, via REST) hangs the leg up.
+        let id = rig.emu.place_call(CallSpec::default()).unwrap();
+        until("media up", || {
+            rig.emu
+                .media_stats(&id)
+                .is_some_and(|m| m.frames_received > 10)
+        })
+        .await;
+        let legs: Vec<String> = rig
+            .emu
+            .channel_ids()
+            .into_iter()
+            .filter(|c| c.starts_with("voxd-leg-"))
+            .collect();
+        assert_eq!(legs.len(), 1, "{legs:?}");
+        let client = reqwest::Client::new();
+        let url = format!("{}/channels/{}", rig.emu.base_url(), legs[0]);
+        let st = client
+            .delete(url)
+            .basic_auth("asterisk", Some("asterisk"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(st.as_u16(), 204);
+        until("caller hung up after leg loss", || {
+            let c = rig.emu.counters();
+            c.live_channels == 0 && c.live_bridges == 0
+        })
+        .await;
+        let engine = rig.engine.as_ref().unwrap();
+        until("the shard call ended too", || {
+            engine
+                .control_stats
+                .sessions_started
+                .load(Ordering::Relaxed)
+                == 1
+                && rig
+                    .flow
+                    .as_ref()
+                    .unwrap()
+                    .stats
+                    .torn_down
+                    .load(Ordering::Relaxed)
+                    == 1
+        })
+        .await;
+        assert_clean(&rig.stop().await);
+    });
+}
+
+#[test]
+fn ari_websocket_drop_keeps_the_call_and_hangup_still_works() {
+    runtime().block_on(async {
+        let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
+        let id = rig.emu.place_call(CallSpec::default()).unwrap();
+        until("media up", || {
+            rig.emu
+                .media_stats(&id)
+                .is_some_and(|m| m.voiced_frames_received > 10)
+        })
+        .await;
+        let mut connected = rig.flow.as_ref().unwrap().connected.clone();
+        assert!(rig.emu.drop_websockets() >= 1);
+        tokio::time::timeout(LIMIT, connected.wait_for(|c| !*c))
+            .await
+            .expect("disconnect seen")
+            .unwrap();
+        // Audio keeps flowing while ARI is down.
+        let before = rig.emu.media_stats(&id).unwrap().voiced_frames_received;
+        until("audio flows while ARI is down", || {
+            rig.emu.media_stats(&id).unwrap().voiced_frames_received > before + 10
+        })
+        .await;
+        tokio::time::timeout(LIMIT, connected.wait_for(|c| *c))
+            .await
+            .expect("reconnected")
+            .unwrap();
+        assert!(
+            rig.emu
+                .wait_app_registered(&rig.cfg.asterisk.app_name, LIMIT)
+                .await
+        );
+        rig.emu.hangup_caller(&id).unwrap();
+        until("clean after hangup", || {
+            let c = rig.emu.counters();
+            c.live_channels == 0 && c.live_bridges == 0
+        })
+        .await;
+        assert_clean(&rig.stop().await);
+    });
+}
+
+#[test]
+fn asterisk_restart_ends_the_calls_it_lost() {
+    runtime().block_on(async {
+        let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
+        let id = rig.emu.place_call(CallSpec::default()).unwrap();
+        until("media up", || {
+            rig.emu
+                .media_stats(&id)
+                .is_some_and(|m| m.frames_received > 10)
+        })
+        .await;
+        rig.emu.restart(Duration::from_millis(300)).await.unwrap();
+        let flow = rig.flow.as_ref().unwrap();
+        until("the lost call is torn down", || {
+            flow.stats.torn_down.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_clean(&rig.stop().await);
+    });
+}
+
+#[test]
+fn unoriginated_audiosocket_uuid_is_refused_with_ari_on() {
+    use std::io::{Read, Write};
+    runtime().block_on(async {
+        let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
+        let addr = rig.engine.as_ref().unwrap().audiosocket_addr;
+        let refused = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(LIMIT)).unwrap();
+            let mut f = vec![0x01, 0x00, 0x10];
+            f.extend_from_slice(&[7u8; 16]);
+            s.write_all(&f).unwrap();
+            let mut audio = vec![0x12, 0x02, 0x80];
+            audio.extend_from_slice(&[0u8; 640]);
+            let _ = s.write_all(&audio);
+            // voxd closes it (a hangup frame or EOF), without audio for it.
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break true,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(refused);
+        let engine = rig.engine.as_ref().unwrap();
+        assert_eq!(
+            engine.control_stats.media_refused.load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            engine
+                .control_stats
+                .sessions_started
+                .load(Ordering::Relaxed),
+            0
+        );
+        assert_clean(&rig.stop().await);
+    });
+}
+
+#[test]
+fn two_hundred_concurrent_calls_leave_no_channel_or_bridge() {
+    runtime().block_on(async {
+        let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
+        let ids: Vec<String> = (0..200)
+            .map(|_| rig.emu.place_call(CallSpec::default()).unwrap())
+            .collect();
+        until("all 200 calls have audio back", || {
+            ids.iter().all(|id| {
+                rig.emu
+                    .media_stats(id)
+                    .is_some_and(|m| m.voiced_frames_received > 5)
+            })
+        })
+        .await;
+        assert_eq!(
+            rig.flow
+                .as_ref()
+                .unwrap()
+                .stats
+                .media_up
+                .load(Ordering::Relaxed),
+            200
+        );
+        for id in &ids {
+            rig.emu.hangup_caller(id).unwrap();
+        }
+        until("no channel or bridge left", || {
+            let c = rig.emu.counters();
+            c.live_channels == 0 && c.live_bridges == 0
+        })
+        .await;
+        assert_clean(&rig.stop().await);
+    });
+}
