@@ -8,9 +8,13 @@
 //! code for the shard's loop: its wake fd goes in the shard's epoll set. The control
 //! side ([`ControlEnd`]) waits through tokio's `AsyncFd`.
 //!
-//! Must not: block or allocate on the shard side (a full ring drops the message and
-//! counts it; audio moves in fixed-size [`AudioChunk`]s inside the ring's slots), lock,
-//! or read the clock. Flow control of agent audio is the control side's job: it sends
+//! Must not: block or allocate on the shard side (audio moves in fixed-size
+//! [`AudioChunk`]s inside the ring's slots), lose a control message, lock, or read
+//! the clock. When the ring to the control side is full (the control runtime
+//! stalled), messages wait in a preallocated overflow queue on the shard, in order,
+//! and go into the ring as it drains; when that queue is full too, the **oldest
+//! caller audio** in it is dropped and counted ([`ShardEnd::dropped`]). Call
+//! lifecycle, DTMF, barge-in and playout-credit messages are never dropped. Flow control of agent audio is the control side's job: it sends
 //! at most the playout credit ahead and keeps what [`ControlEnd::push`] hands back.
 //!
 //! Concurrency: this module writes no atomics and no lock-free code of its own, so
@@ -25,6 +29,7 @@
 
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -331,6 +336,8 @@ pub fn link(shard: u16, capacity: usize) -> io::Result<(ShardEnd, ControlEnd)> {
         tx: c_tx,
         rx: s_rx,
         own_wake: Arc::clone(&to_shard),
+        overflow: VecDeque::with_capacity(overflow_capacity(capacity)),
+        overflow_cap: overflow_capacity(capacity),
         pushed: false,
         dropped: 0,
         wakes_sent: 0,
@@ -348,6 +355,12 @@ pub fn link(shard: u16, capacity: usize) -> io::Result<(ShardEnd, ControlEnd)> {
     Ok((shard_end, control_end))
 }
 
+/// Messages the shard queues beyond a full ring before it drops caller audio: an
+/// eighth of the ring (at least 4).
+fn overflow_capacity(ring: usize) -> usize {
+    (ring / 8).max(4)
+}
+
 /// The shard thread's end: sends [`ToControl`], receives [`ToShard`]. Never blocks.
 pub struct ShardEnd {
     shard: u16,
@@ -356,6 +369,9 @@ pub struct ShardEnd {
     tx: Producer<ToControl>,
     rx: Consumer<ToShard>,
     own_wake: Arc<EventFd>,
+    /// Messages waiting for room in the ring, oldest first (preallocated).
+    overflow: VecDeque<ToControl>,
+    overflow_cap: usize,
     pushed: bool,
     dropped: u64,
     wakes_sent: u64,
@@ -378,20 +394,64 @@ impl ShardEnd {
         self.shard
     }
 
-    /// Queues `msg` for the control runtime. Returns false when the ring is full: the
-    /// message is dropped and counted in [`ShardEnd::dropped`]. Never blocks. The
-    /// control side is woken by the next [`ShardEnd::notify_control`].
+    /// Queues `msg` for the control runtime, in order: into the ring, or into the
+    /// overflow queue while the ring is full. Returns false only when `msg` itself
+    /// was dropped (caller audio, with the overflow queue full of control
+    /// messages); the oldest caller audio waiting is dropped first. Drops are
+    /// counted in [`ShardEnd::dropped`]. Never blocks. The control side is woken by
+    /// the next [`ShardEnd::notify_control`].
     pub fn push(&mut self, msg: ToControl) -> bool {
-        match self.tx.push(msg) {
-            Ok(()) => {
-                self.pushed = true;
-                true
+        if !self.overflow.is_empty() {
+            self.flush_overflow();
+        }
+        if self.overflow.is_empty() {
+            match self.tx.push(msg) {
+                Ok(()) => {
+                    self.pushed = true;
+                    true
+                }
+                Err(PushError::Full(m)) => self.queue_overflow(m),
             }
-            Err(PushError::Full(_)) => {
+        } else {
+            self.queue_overflow(msg)
+        }
+    }
+
+    fn queue_overflow(&mut self, msg: ToControl) -> bool {
+        let is_audio = |m: &ToControl| matches!(m, ToControl::CallerAudio { .. });
+        if self.overflow.len() >= self.overflow_cap {
+            if let Some(i) = self.overflow.iter().position(is_audio) {
+                self.overflow.remove(i);
                 self.dropped += 1;
-                false
+            } else if is_audio(&msg) {
+                self.dropped += 1;
+                return false;
+            }
+            // Only control messages wait and this is one too: keep it (they are
+            // rare; losing one would leak a call). The queue may grow here.
+        }
+        self.overflow.push_back(msg);
+        true
+    }
+
+    /// Moves waiting overflow messages into the ring while it has room; returns how
+    /// many still wait.
+    pub fn flush_overflow(&mut self) -> usize {
+        while let Some(m) = self.overflow.pop_front() {
+            match self.tx.push(m) {
+                Ok(()) => self.pushed = true,
+                Err(PushError::Full(m)) => {
+                    self.overflow.push_front(m);
+                    break;
+                }
             }
         }
+        self.overflow.len()
+    }
+
+    /// Messages waiting in the overflow queue.
+    pub fn overflow_len(&self) -> usize {
+        self.overflow.len()
     }
 
     /// Next message from the control runtime, if any. Called in the shard loop until
@@ -404,6 +464,9 @@ impl ShardEnd {
     /// one eventfd write per loop turn, however many messages. Returns whether it
     /// wrote. Called once at the end of each loop turn.
     pub fn notify_control(&mut self) -> bool {
+        if !self.overflow.is_empty() {
+            self.flush_overflow();
+        }
         if !self.pushed {
             return false;
         }
@@ -703,22 +766,62 @@ mod tests {
         assert_eq!(EndReason::CallerHangup.to_string(), "caller_hangup");
     }
 
+    fn audio(i: u32) -> ToControl {
+        ToControl::CallerAudio {
+            call: key(i),
+            chunk: AudioChunk::from_slice(&i.to_le_bytes()).unwrap(),
+        }
+    }
+
     #[test]
-    fn shard_to_control_order_full_and_drop_count() {
+    fn full_ring_keeps_order_drops_only_the_oldest_audio() {
+        // Ring of 4, overflow queue of 4.
         let (mut s, mut c) = link(3, 4).unwrap();
         for i in 0..4 {
             assert!(s.push(played(i)));
         }
         assert_eq!(s.free_slots(), 0);
-        assert!(!s.push(played(99)));
-        assert!(!s.push(played(100)));
-        assert_eq!(s.dropped(), 2);
+        // Control messages are never dropped: they wait.
+        assert!(s.push(played(99)));
+        assert!(s.push(played(100)));
+        assert!(s.push(audio(1)));
+        assert!(s.push(audio(2)));
+        assert_eq!((s.overflow_len(), s.dropped()), (4, 0));
+        // Queue full: the oldest waiting audio (1) makes room for the newest.
+        assert!(s.push(audio(3)));
+        assert_eq!((s.overflow_len(), s.dropped()), (4, 1));
         let mut out = Vec::new();
         assert_eq!(c.try_recv_batch(&mut out), 4);
         assert_eq!(out, (0..4).map(played).collect::<Vec<_>>());
-        assert_eq!(c.try_recv_batch(&mut out), 0);
+        // The shard's next turn moves the queue into the ring, in order.
+        s.notify_control();
+        out.clear();
+        assert_eq!(c.try_recv_batch(&mut out), 4);
+        assert_eq!(out, vec![played(99), played(100), audio(2), audio(3)]);
+        assert_eq!(s.overflow_len(), 0);
         assert!(s.push(played(5)));
-        assert_eq!(s.dropped(), 2);
+        assert_eq!(s.dropped(), 1);
+    }
+
+    #[test]
+    fn a_queue_full_of_control_messages_drops_new_audio_not_control() {
+        let (mut s, mut c) = link(3, 4).unwrap();
+        for i in 0..8 {
+            assert!(s.push(played(i)));
+        }
+        assert!(!s.push(audio(9)), "audio has nowhere to go");
+        assert!(s.push(played(10)), "a control message is kept even now");
+        assert_eq!((s.overflow_len(), s.dropped()), (5, 1));
+        let mut out = Vec::new();
+        loop {
+            let got = c.try_recv_batch(&mut out);
+            s.notify_control();
+            if got == 0 && s.overflow_len() == 0 {
+                break;
+            }
+        }
+        let want: Vec<ToControl> = (0..8).chain([10]).map(played).collect();
+        assert_eq!(out, want);
     }
 
     #[test]
