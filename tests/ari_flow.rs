@@ -137,6 +137,16 @@ fn audiosocket_call_via_channel_originate_echoes_and_cleans_up() {
     runtime().block_on(async {
         let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
         one_call(&rig, CallSpec::default()).await;
+        // The version was read at connect.
+        let flow = rig.flow.as_ref().unwrap();
+        until("Asterisk version learned", || {
+            flow.stats.asterisk_version.lock().unwrap().is_some()
+        })
+        .await;
+        assert_eq!(
+            flow.stats.asterisk_version.lock().unwrap().as_deref(),
+            Some("22.7.0")
+        );
         // The exact REST sequence of a call voxd set up and tore down.
         let seq: Vec<String> = rig
             .emu
@@ -454,6 +464,174 @@ fn two_hundred_concurrent_calls_leave_no_channel_or_bridge() {
             rig.emu.hangup_caller(id).unwrap();
         }
         until("no channel or bridge left", || {
+            let c = rig.emu.counters();
+            c.live_channels == 0 && c.live_bridges == 0
+        })
+        .await;
+        assert_clean(&rig.stop().await);
+    });
+}
+
+/// A provider driven by the caller's DTMF, recording every digit: `5` plays a
+/// prompt, `7` transfers to extension 100, `9` hangs up; audio is echoed.
+#[derive(Debug, Default, Clone)]
+struct Scripted {
+    digits: Arc<std::sync::Mutex<Vec<char>>>,
+}
+
+impl voxd::provider::Provider for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn formats(&self, caller: voxd::call::Codec) -> voxd::provider::AudioFormats {
+        voxd::provider::AudioFormats {
+            input: caller,
+            output: caller,
+        }
+    }
+    fn session(
+        &self,
+        _meta: voxd::provider::SessionMeta,
+        mut io: voxd::provider::SessionIo,
+    ) -> voxd::provider::SessionFuture {
+        use voxd::provider::{AgentEvent, CallerEvent, EndReason, SessionEnd};
+        let digits = self.digits.clone();
+        Box::pin(async move {
+            while let Some(ev) = io.events.recv().await {
+                let out = match ev {
+                    CallerEvent::Audio(a) => AgentEvent::Audio(a),
+                    CallerEvent::Dtmf(d) => {
+                        digits.lock().unwrap().push(d);
+                        match d {
+                            '5' => AgentEvent::Play {
+                                media: "sound:hello-world".into(),
+                            },
+                            '7' => AgentEvent::Transfer {
+                                context: None,
+                                exten: "100".into(),
+                            },
+                            '9' => AgentEvent::Hangup {
+                                reason: "caller pressed 9".into(),
+                            },
+                            _ => continue,
+                        }
+                    }
+                    CallerEvent::BargeIn { .. } => continue,
+                    CallerEvent::Hangup => break,
+                };
+                if io.out.send(out).await.is_err() {
+                    break;
+                }
+            }
+            SessionEnd::new(EndReason::CallerHangup)
+        })
+    }
+}
+
+async fn scripted_rig(script: &Scripted) -> Rig {
+    let yaml = format!("{ECHO_AS}\nasterisk: {{transfer_context: agents}}\n");
+    let emu = AriEmulator::start(EmuConfig::default()).await.unwrap();
+    let cfg = config(&yaml, &emu);
+    let mode = AriMode {
+        bindings: Arc::new(Bindings::default()),
+        accept_unoriginated: false,
+    };
+    let reg = Registry::from_config(&cfg)
+        .unwrap()
+        .with_provider(Arc::new(script.clone()));
+    let engine = Engine::start_with(&cfg, Arc::new(reg), Some(mode.clone())).unwrap();
+    let flow = AriFlow::start(
+        &cfg,
+        mode.bindings.clone(),
+        engine.peers.clone(),
+        engine.audiosocket_addr.port(),
+        engine.rtp_addr.port(),
+    )
+    .unwrap();
+    let mut connected = flow.connected.clone();
+    tokio::time::timeout(LIMIT, connected.wait_for(|c| *c))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(emu.wait_app_registered(&cfg.asterisk.app_name, LIMIT).await);
+    Rig {
+        emu,
+        engine: Some(engine),
+        flow: Some(flow),
+        cfg,
+    }
+}
+
+#[test]
+fn dtmf_reaches_the_agent_and_agent_actions_play_transfer_hang_up() {
+    runtime().block_on(async {
+        let script = Scripted::default();
+        let rig = scripted_rig(&script).await;
+        let spec = || CallSpec {
+            provider: Some("scripted".into()),
+            ..CallSpec::default()
+        };
+        let req = |rig: &Rig, path_end: &str| {
+            rig.emu
+                .requests()
+                .into_iter()
+                .find(|r| r.path.ends_with(path_end) && r.method == "POST")
+        };
+
+        // DTMF from ARI reaches the agent; `5` plays a prompt on the caller.
+        let id = rig.emu.place_call(spec()).unwrap();
+        until("media up", || {
+            rig.emu
+                .media_stats(&id)
+                .is_some_and(|m| m.voiced_frames_received > 5)
+        })
+        .await;
+        rig.emu.send_dtmf(&id, '1').unwrap();
+        rig.emu.send_dtmf(&id, '5').unwrap();
+        until("digits delivered", || {
+            script.digits.lock().unwrap().len() == 2
+        })
+        .await;
+        assert_eq!(*script.digits.lock().unwrap(), vec!['1', '5']);
+        until("prompt played", || req(&rig, "/play").is_some()).await;
+        let play = req(&rig, "/play").unwrap();
+        assert_eq!(play.path, format!("/ari/channels/{id}/play"));
+        assert_eq!(
+            play.query.get("media").map(String::as_str),
+            Some("sound:hello-world")
+        );
+
+        // `9`: the agent hangs up; voxd hangs the caller up and cleans everything.
+        rig.emu.send_dtmf(&id, '9').unwrap();
+        until("agent hang-up cleans up", || {
+            let c = rig.emu.counters();
+            c.live_channels == 0 && c.live_bridges == 0
+        })
+        .await;
+        assert!(rig
+            .emu
+            .requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path == format!("/ari/channels/{id}")));
+
+        // `7`: transfer to the configured context.
+        let id = rig.emu.place_call(spec()).unwrap();
+        until("media up", || {
+            rig.emu
+                .media_stats(&id)
+                .is_some_and(|m| m.voiced_frames_received > 5)
+        })
+        .await;
+        rig.emu.send_dtmf(&id, '7').unwrap();
+        until("transferred", || req(&rig, "/continue").is_some()).await;
+        let cont = req(&rig, "/continue").unwrap();
+        assert_eq!(cont.path, format!("/ari/channels/{id}/continue"));
+        assert_eq!(
+            cont.query.get("context").map(String::as_str),
+            Some("agents")
+        );
+        assert_eq!(cont.query.get("extension").map(String::as_str), Some("100"));
+        until("nothing left after the transfer", || {
             let c = rig.emu.counters();
             c.live_channels == 0 && c.live_bridges == 0
         })

@@ -52,6 +52,8 @@ pub struct FlowStats {
     pub torn_down: AtomicU64,
     /// Media sessions that came up on a shard.
     pub media_up: AtomicU64,
+    /// Asterisk's version from `GET /ari/asterisk/info` at the last connect.
+    pub asterisk_version: std::sync::Mutex<Option<String>>,
 }
 
 /// What the flow needs from the configuration.
@@ -257,6 +259,7 @@ impl Flow {
                         } else {
                             tracing::info!(app = %self.cfg.app, "ARI connected");
                         }
+                        self.learn_version();
                         ever_connected = true;
                     } else if !now && was_connected {
                         tracing::warn!(calls = self.calls.len(), "ARI connection lost; calls in progress keep their media, reconnecting");
@@ -482,6 +485,41 @@ impl Flow {
                 }
             }
         }
+    }
+
+    /// Ask Asterisk its version (a restart may have upgraded it) and say what it
+    /// means for AudioSocket: before 20.17 / 21.12 / 22.7 / 23.1 legs send kind 0x10
+    /// whatever their rate; the engine mirrors the kind a connection uses, so both
+    /// work, and the log says which to expect.
+    fn learn_version(&self) {
+        let rest = self.rest.clone();
+        let stats = self.stats.clone();
+        let format = self.cfg.audiosocket_format;
+        tokio::spawn(async move {
+            match rest.asterisk_info().await {
+                Ok(info) => {
+                    let kinds = info.version.supports_slin16_audiosocket_kinds();
+                    let raw = info.version.raw.clone();
+                    tracing::info!(
+                        version = %raw,
+                        slin16_audiosocket_kinds = kinds,
+                        "Asterisk version"
+                    );
+                    if !kinds && format != "slin" && format != "ulaw" {
+                        tracing::info!(
+                            version = %raw,
+                            format,
+                            "this Asterisk sends AudioSocket audio as kind 0x10 at the leg's rate; voxd answers in kind 0x10"
+                        );
+                    }
+                    *stats
+                        .asterisk_version
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(raw);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the Asterisk version"),
+            }
+        });
     }
 
     /// After a reconnect: every call whose caller channel Asterisk no longer knows

@@ -455,6 +455,14 @@ impl Registry {
         Ok(registry)
     }
 
+    /// This registry with `provider` added (replacing one of the same name): for
+    /// programs that embed voxd with their own agent, and for tests.
+    pub fn with_provider(mut self, provider: Arc<dyn Provider>) -> Registry {
+        self.providers.retain(|p| p.name() != provider.name());
+        self.providers.push(provider);
+        self
+    }
+
     /// The provider called `name` (the `AI_PROVIDER` channel variable), or why it
     /// cannot serve a call.
     pub fn get(&self, name: &str) -> Result<Arc<dyn Provider>, ProviderError> {
