@@ -276,7 +276,7 @@ fn refused_originate_hangs_up_the_caller_and_leaves_nothing() {
 }
 
 #[test]
-fn caller_hangup_mid_call_and_media_leg_loss_both_clean_up() {
+fn media_leg_loss_hangs_up_the_caller_and_cleans_up() {
     runtime().block_on(async {
         let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
         // Media-leg loss: Asterisk (here the test, via REST) hangs the leg up.
@@ -636,6 +636,68 @@ fn dtmf_reaches_the_agent_and_agent_actions_play_transfer_hang_up() {
             c.live_channels == 0 && c.live_bridges == 0
         })
         .await;
+        // The transferred caller went back to the dialplan: voxd did not hang it up.
+        assert!(!rig
+            .emu
+            .requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path == format!("/ari/channels/{id}")));
+        assert_clean(&rig.stop().await);
+    });
+}
+
+#[test]
+fn caller_hanging_up_during_set_up_leaves_nothing_behind() {
+    runtime().block_on(async {
+        let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
+        // Slow Asterisk: the caller leaves while voxd is still setting the call up.
+        rig.emu.set_rest_delay(Duration::from_millis(150));
+        for wait_ms in [0u64, 200, 400] {
+            let id = rig.emu.place_call(CallSpec::default()).unwrap();
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            rig.emu.hangup_caller(&id).unwrap();
+        }
+        until("no channel or bridge left", || {
+            let c = rig.emu.counters();
+            c.live_channels == 0 && c.live_bridges == 0
+        })
+        .await;
+        // Give stray legs time to show up and be removed, then check again.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        until("still nothing left", || {
+            let c = rig.emu.counters();
+            c.live_channels == 0 && c.live_bridges == 0
+        })
+        .await;
+        let flow = rig.flow.as_ref().unwrap();
+        assert_eq!(
+            flow.stats.media_up.load(Ordering::Relaxed),
+            0,
+            "no agent for a caller who left"
+        );
+        assert_clean(&rig.stop().await);
+    });
+}
+
+#[test]
+fn unknown_provider_hangs_the_caller_up_on_rtp_too() {
+    runtime().block_on(async {
+        let yaml = ECHO_AS.replace(
+            "audio_transport: audiosocket",
+            "audio_transport: externalmedia",
+        );
+        let rig = start_rig(&yaml, EmuConfig::default()).await;
+        let spec = CallSpec {
+            provider: Some("no-such-provider".into()),
+            ..CallSpec::default()
+        };
+        let id = rig.emu.place_call(spec).unwrap();
+        until("caller hung up, nothing left", || {
+            let c = rig.emu.counters();
+            c.calls_placed == 1 && c.live_channels == 0 && c.live_bridges == 0
+        })
+        .await;
+        assert!(rig.emu.channel_json(&id).is_none());
         assert_clean(&rig.stop().await);
     });
 }

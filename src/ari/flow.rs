@@ -39,6 +39,9 @@ use crate::engine::bridge::{CallKey, EndReason};
 use crate::engine::control::{ControlCmd, Peers};
 use crate::rng::SplitMix64;
 
+/// Prefix of the media legs' channel ids (voxd chooses them at originate).
+pub const LEG_PREFIX: &str = "voxd-leg-";
+
 /// Counters of the flow (tests, health).
 #[derive(Debug, Default)]
 pub struct FlowStats {
@@ -175,8 +178,10 @@ impl AriFlow {
         })
     }
 
-    /// Stop: tear down every call's ARI side (bridge, leg), close the events
-    /// connection, and wait for both tasks.
+    /// Stop: tear down every call's ARI side (bridge, leg, and the caller, whose
+    /// agent is going away), close the events connection, and wait for both tasks.
+    /// A set-up still in flight at that moment may leave its leg and bridge behind
+    /// (Asterisk removes them when the leg's media connection closes).
     pub async fn stop(mut self) {
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
@@ -207,9 +212,19 @@ struct FlowCall {
 #[derive(Debug)]
 enum Internal {
     /// Set-up failed: tear the call down (the caller is hung up).
-    SetupFailed { caller: String, why: String },
+    SetupFailed {
+        caller: String,
+        leg: String,
+        bridge: String,
+        why: String,
+    },
     /// Bridge and leg exist; `media` is the session key the leg will present.
-    SetupDone { caller: String, media: MediaKey },
+    SetupDone {
+        caller: String,
+        leg: String,
+        bridge: String,
+        media: MediaKey,
+    },
     /// Reconciliation after a reconnect: the caller channel no longer exists.
     Gone { caller: String },
 }
@@ -287,6 +302,14 @@ impl Flow {
                 let id = s.channel.id.clone();
                 if let Some(caller) = self.legs.get(&id).cloned() {
                     self.on_leg_stasis(&caller, &id);
+                } else if id.starts_with(LEG_PREFIX) {
+                    // A leg whose caller is gone (it left during set-up): never a
+                    // new caller; hang it up.
+                    tracing::info!(leg = %id, "media leg of a call that has ended; hanging it up");
+                    let rest = self.rest.clone();
+                    tokio::spawn(async move {
+                        ignore_gone(rest.hangup(&id, HangupReason::Normal).await, "media leg");
+                    });
                 } else if !self.calls.contains_key(&id) {
                     let agent = s.arg("agent").map(str::to_string);
                     let provider = s.arg("provider").map(str::to_string);
@@ -328,7 +351,7 @@ impl Flow {
         let caller = ch.id.clone();
         let uuid = self.new_uuid();
         let tag = uuid_to_string(&uuid);
-        let leg = format!("voxd-leg-{tag}");
+        let leg = format!("{LEG_PREFIX}{tag}");
         let bridge = format!("voxd-br-{tag}");
         // For RTP the key is only known from the externalMedia response; a
         // placeholder until then (a UUID key no AudioSocket will present).
@@ -360,9 +383,19 @@ impl Flow {
             let msg = match r {
                 Ok(media) => {
                     stats.legs_originated.fetch_add(1, Ordering::Relaxed);
-                    Internal::SetupDone { caller, media }
+                    Internal::SetupDone {
+                        caller,
+                        leg,
+                        bridge,
+                        media,
+                    }
                 }
-                Err(why) => Internal::SetupFailed { caller, why },
+                Err(why) => Internal::SetupFailed {
+                    caller,
+                    leg,
+                    bridge,
+                    why,
+                },
             };
             let _ = int_tx.send(msg).await;
         });
@@ -379,10 +412,13 @@ impl Flow {
         tokio::spawn(async move {
             // The bridge is created before the leg is originated, so it exists.
             if let Err(e) = rest.add_channels(&bridge, &[&caller, &leg]).await {
+                let why = format!("cannot bridge caller and media leg: {e}");
                 let _ = int_tx
                     .send(Internal::SetupFailed {
                         caller,
-                        why: format!("cannot bridge caller and media leg: {e}"),
+                        leg,
+                        bridge,
+                        why,
                     })
                     .await;
             }
@@ -415,7 +451,8 @@ impl Flow {
                 reason,
             } => {
                 if let Some(c) = self.calls.get_mut(&caller) {
-                    if c.call == Some(call) {
+                    // `call: None`: the session never came up (unknown provider).
+                    if c.call.is_none() || c.call == Some(call) {
                         c.call = None;
                         tracing::info!(caller = %caller, reason = reason.as_str(), "media session ended");
                         self.teardown(&caller, true, reason.as_str());
@@ -466,16 +503,31 @@ impl Flow {
 
     fn on_internal(&mut self, i: Internal) {
         match i {
-            Internal::SetupDone { caller, media } => match self.calls.get_mut(&caller) {
+            Internal::SetupDone {
+                caller,
+                leg,
+                bridge,
+                media,
+            } => match self.calls.get_mut(&caller) {
                 Some(c) => c.media = media,
-                // The caller left during set-up: its binding must not linger.
-                None => self.bindings.forget(media),
+                // The caller left during set-up: what set-up created must go too.
+                None => {
+                    self.bindings.forget(media);
+                    self.remove_orphans(leg, bridge);
+                }
             },
-            Internal::SetupFailed { caller, why } => {
+            Internal::SetupFailed {
+                caller,
+                leg,
+                bridge,
+                why,
+            } => {
                 if self.calls.contains_key(&caller) {
                     self.stats.setup_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(caller = %caller, reason = %why, "call set-up failed; hanging up the caller");
                     self.teardown(&caller, true, "setup_failed");
+                } else {
+                    self.remove_orphans(leg, bridge);
                 }
             }
             Internal::Gone { caller } => {
@@ -519,6 +571,15 @@ impl Flow {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the Asterisk version"),
             }
+        });
+    }
+
+    /// A leg and bridge whose caller left while they were being created.
+    fn remove_orphans(&mut self, leg: String, bridge: String) {
+        let rest = self.rest.clone();
+        tokio::spawn(async move {
+            ignore_gone(rest.hangup(&leg, HangupReason::Normal).await, "media leg");
+            ignore_gone(rest.destroy_bridge(&bridge).await, "bridge");
         });
     }
 
@@ -665,6 +726,13 @@ async fn setup(
 /// Register an RTP source; if its first packet already arrived (parked), bind it.
 fn bind_rtp(bindings: &Bindings, peers: &Peers, remote: SocketAddr, binding: Binding) {
     if let Some((call, binding)) = bindings.expect(MediaKey::Rtp(remote), binding) {
-        peers.command(call, ControlCmd::Bind { call, binding });
+        peers.command(
+            call,
+            ControlCmd::Bind {
+                call,
+                key: MediaKey::Rtp(remote),
+                binding,
+            },
+        );
     }
 }

@@ -276,6 +276,20 @@ pub enum ToControl {
     },
 }
 
+impl ToControl {
+    /// The call the message is about.
+    pub fn call(&self) -> CallKey {
+        match self {
+            ToControl::CallStarted { call, .. }
+            | ToControl::CallerAudio { call, .. }
+            | ToControl::Dtmf { call, .. }
+            | ToControl::BargeIn { call, .. }
+            | ToControl::Played { call, .. }
+            | ToControl::CallEnded { call, .. } => *call,
+        }
+    }
+}
+
 /// Control runtime -> shard.
 // Audio variants are ~2 KiB on purpose: messages move by value through the ring's
 // preallocated slots; boxing them would allocate per frame.
@@ -418,6 +432,20 @@ impl ShardEnd {
     }
 
     fn queue_overflow(&mut self, msg: ToControl) -> bool {
+        // Playout credit of a call adds up: merge into its newest waiting `Played`
+        // when nothing of that call follows it, so a long stall queues one
+        // `Played` per call, not one per 100 ms.
+        if let ToControl::Played { call, ms } = &msg {
+            for m in self.overflow.iter_mut().rev() {
+                if m.call() == *call {
+                    if let ToControl::Played { ms: prev, .. } = m {
+                        *prev = prev.saturating_add(*ms);
+                        return true;
+                    }
+                    break;
+                }
+            }
+        }
         let is_audio = |m: &ToControl| matches!(m, ToControl::CallerAudio { .. });
         if self.overflow.len() >= self.overflow_cap {
             if let Some(i) = self.overflow.iter().position(is_audio) {
@@ -801,6 +829,31 @@ mod tests {
         assert_eq!(s.overflow_len(), 0);
         assert!(s.push(played(5)));
         assert_eq!(s.dropped(), 1);
+    }
+
+    #[test]
+    fn waiting_playout_credit_of_a_call_is_merged() {
+        let (mut s, mut c) = link(3, 4).unwrap();
+        for i in 10..14 {
+            assert!(s.push(played(i)));
+        }
+        let p = |slot: u32, ms: u32| ToControl::Played {
+            call: key(slot),
+            ms,
+        };
+        assert!(s.push(p(1, 100)));
+        assert!(s.push(p(1, 100)));
+        assert!(s.push(p(2, 100)));
+        assert!(s.push(p(1, 100))); // merged across call 2's message
+        assert!(s.push(audio(1))); // call 1 audio now follows its Played
+        assert!(s.push(p(1, 40)));
+        assert_eq!(s.overflow_len(), 4);
+        let mut out = Vec::new();
+        c.try_recv_batch(&mut out);
+        s.notify_control();
+        out.clear();
+        c.try_recv_batch(&mut out);
+        assert_eq!(out, vec![p(1, 300), p(2, 100), audio(1), p(1, 40)]);
     }
 
     #[test]

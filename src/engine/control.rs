@@ -13,8 +13,10 @@
 //! refused (unless `audiosocket.accept_unoriginated`); an RTP source nobody expects
 //! yet is parked for [`PARK_MS`] in case the ARI response trails its first packet.
 //!
-//! Must not: touch media sockets, or block the runtime (every channel is bounded and
-//! used with `try_send`, failures are counted).
+//! Must not: touch media sockets, block the runtime (every channel is bounded and
+//! used with `try_send`), or lose a control message: when the shard's ring is full,
+//! hang-ups and speech-started wait in order and agent audio resumes on the next
+//! loop turn (counted in `shard_ring_full`).
 
 #![forbid(unsafe_code)]
 
@@ -47,6 +49,9 @@ pub struct ControlStats {
     pub caller_audio_dropped: AtomicU64,
     /// Media sessions refused because voxd did not originate them (ARI on).
     pub media_refused: AtomicU64,
+    /// Messages to a shard that waited because its ring was full (retried in order,
+    /// never dropped).
+    pub shard_ring_full: AtomicU64,
 }
 
 /// How long an RTP session nobody expects waits for the ARI response that names
@@ -75,6 +80,9 @@ pub enum ControlCmd {
     Bind {
         /// The shard's call.
         call: CallKey,
+        /// The session's key (to re-register the binding if the parked call
+        /// ended meanwhile).
+        key: MediaKey,
         /// Its binding.
         binding: Binding,
     },
@@ -174,6 +182,10 @@ struct Dispatcher {
     /// RTP sessions waiting for their binding: since when, and their facts.
     parked: HashMap<CallKey, (Instant, CallInfo)>,
     agent_tx: mpsc::Sender<(CallKey, AgentEvent)>,
+    /// Control messages for the shard that found its ring full, in order.
+    retry: VecDeque<ToShard>,
+    /// Calls whose agent audio stopped on a full ring (pumped again next turn).
+    stalled: Vec<CallKey>,
 }
 
 /// Run the dispatcher of one shard until the shard's bridge closes.
@@ -201,6 +213,8 @@ pub async fn run(
         sessions: HashMap::new(),
         parked: HashMap::new(),
         agent_tx,
+        retry: VecDeque::new(),
+        stalled: Vec::new(),
     };
     let mut batch = Vec::with_capacity(256);
     let mut sweep = tokio::time::interval(Duration::from_millis(250));
@@ -227,8 +241,9 @@ pub async fn run(
                     d.on_agent_event(call, ev);
                 }
             }
-            _ = sweep.tick(), if !d.parked.is_empty() => d.sweep_parked(),
+            _ = sweep.tick(), if !d.parked.is_empty() || !d.retry.is_empty() || !d.stalled.is_empty() => d.sweep_parked(),
         }
+        d.retry_full();
         d.ctrl.notify_shard();
     }
     for (_, s) in d.sessions.drain() {
@@ -238,17 +253,75 @@ pub async fn run(
 
 impl Dispatcher {
     fn hang_up(&mut self, call: CallKey, reason: EndReason) {
-        let _ = self.ctrl.push(ToShard::Hangup { call, reason });
+        self.push_control(ToShard::Hangup { call, reason });
+    }
+
+    /// A control message (hang-up, speech started) for the shard: never dropped;
+    /// if the ring is full it waits, in order, for [`Dispatcher::retry_full`].
+    fn push_control(&mut self, msg: ToShard) {
+        if !self.retry.is_empty() {
+            self.retry.push_back(msg);
+            return;
+        }
+        if let Err(msg) = self.ctrl.push(msg) {
+            self.stats.shard_ring_full.fetch_add(1, Ordering::Relaxed);
+            self.retry.push_back(msg);
+        }
+    }
+
+    /// Each loop turn: waiting control messages first, then calls whose audio
+    /// stopped on a full ring.
+    fn retry_full(&mut self) {
+        while let Some(msg) = self.retry.pop_front() {
+            if let Err(msg) = self.ctrl.push(msg) {
+                self.retry.push_front(msg);
+                return;
+            }
+        }
+        if self.stalled.is_empty() {
+            return;
+        }
+        let stalled = std::mem::take(&mut self.stalled);
+        for call in stalled {
+            if let Some(s) = self.sessions.get_mut(&call) {
+                if pump(call, s, &mut self.ctrl, self.credit_ms) == Pumped::RingFull {
+                    self.stalled.push(call);
+                }
+            }
+        }
+    }
+
+    fn pump_call(&mut self, call: CallKey) {
+        let Some(s) = self.sessions.get_mut(&call) else {
+            return;
+        };
+        if pump(call, s, &mut self.ctrl, self.credit_ms) == Pumped::RingFull
+            && !self.stalled.contains(&call)
+        {
+            self.stats.shard_ring_full.fetch_add(1, Ordering::Relaxed);
+            self.stalled.push(call);
+        }
     }
 
     fn on_command(&mut self, cmd: ControlCmd) {
         match cmd {
-            ControlCmd::Shard(msg) => {
-                let _ = self.ctrl.push(msg);
-            }
-            ControlCmd::Bind { call, binding } => {
+            ControlCmd::Shard(msg) => self.push_control(msg),
+            ControlCmd::Bind { call, key, binding } => {
                 if let Some((_, info)) = self.parked.remove(&call) {
                     self.start_session(call, info, Some(binding));
+                } else if let Some(ari) = &self.ari {
+                    // That call ended meanwhile: expect the session again (a
+                    // later packet starts a new call, maybe parked already).
+                    if let Some((later, binding)) = ari.bindings.expect(key, binding) {
+                        self.peers.command(
+                            later,
+                            ControlCmd::Bind {
+                                call: later,
+                                key,
+                                binding,
+                            },
+                        );
+                    }
                 }
             }
             ControlCmd::Dtmf { call, digit } => {
@@ -315,7 +388,7 @@ impl Dispatcher {
                     s.inflight_bytes = s
                         .inflight_bytes
                         .saturating_sub(ms as usize * s.bytes_per_ms);
-                    pump(call, s, &mut self.ctrl, self.credit_ms);
+                    self.pump_call(call);
                 }
             }
             ToControl::CallEnded { call, reason } => {
@@ -402,9 +475,20 @@ impl Dispatcher {
         tokio::spawn(async move {
             while let Some(ev) = peer.out.recv().await {
                 if tx.send((call, ev)).await.is_err() {
-                    break;
+                    return;
                 }
             }
+            // The session ended by itself (a fatal provider error, or it returned):
+            // end the call instead of leaving the caller in silence. After a normal
+            // hang-up the call is gone already and this is ignored.
+            let _ = tx
+                .send((
+                    call,
+                    AgentEvent::Hangup {
+                        reason: "provider session ended".into(),
+                    },
+                ))
+                .await;
         });
         let r = info.provider_codec.rate();
         let bytes_per_ms = r.samples_per_ms() * info.provider_codec.bytes_per_sample();
@@ -436,27 +520,26 @@ impl Dispatcher {
     }
 
     fn on_agent_event(&mut self, call: CallKey, ev: AgentEvent) {
-        let credit_ms = self.credit_ms;
         let Some(s) = self.sessions.get_mut(&call) else {
             return;
         };
         match ev {
             AgentEvent::Audio(bytes) => {
                 s.backlog.push_back(Pending::Audio(bytes));
-                pump(call, s, &mut self.ctrl, credit_ms);
+                self.pump_call(call);
             }
             AgentEvent::AudioDone => {
                 s.backlog.push_back(Pending::Done);
-                pump(call, s, &mut self.ctrl, credit_ms);
+                self.pump_call(call);
             }
             AgentEvent::SpeechStarted => {
                 s.backlog.clear();
                 s.inflight_bytes = 0;
-                let _ = self.ctrl.push(ToShard::SpeechStarted { call });
+                self.push_control(ToShard::SpeechStarted { call });
             }
             AgentEvent::Hangup { reason } => {
                 tracing::info!(%call, %reason, "agent ended the call");
-                let _ = self.ctrl.push(ToShard::Hangup {
+                self.push_control(ToShard::Hangup {
                     call,
                     reason: EndReason::AgentHangup,
                 });
@@ -491,28 +574,37 @@ impl Dispatcher {
     }
 }
 
+/// Why [`pump`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pumped {
+    /// Backlog empty or credit used up: the next `Played` or agent event pumps again.
+    Waiting,
+    /// The shard's ring is full: pump again next loop turn.
+    RingFull,
+}
+
 /// Send backlog to the shard while credit lasts and the ring has room.
-fn pump(call: CallKey, s: &mut Session, ctrl: &mut ControlEnd, credit_ms: u32) {
+fn pump(call: CallKey, s: &mut Session, ctrl: &mut ControlEnd, credit_ms: u32) -> Pumped {
     let credit = credit_ms as usize * s.bytes_per_ms;
     while let Some(front) = s.backlog.front_mut() {
         match front {
             Pending::Done => {
                 if ctrl.push(ToShard::AgentAudioDone { call }).is_err() {
-                    return;
+                    return Pumped::RingFull;
                 }
                 s.backlog.pop_front();
             }
             Pending::Audio(bytes) => {
                 if s.inflight_bytes >= credit {
-                    return;
+                    return Pumped::Waiting;
                 }
                 let room = credit - s.inflight_bytes;
                 let n = bytes.len().min(CHUNK_BYTES).min(room.max(1));
                 let Some(chunk) = AudioChunk::from_slice(&bytes[..n]) else {
-                    return;
+                    return Pumped::Waiting;
                 };
                 if ctrl.push(ToShard::AgentAudio { call, chunk }).is_err() {
-                    return;
+                    return Pumped::RingFull;
                 }
                 s.inflight_bytes += n;
                 let _ = bytes.split_to(n);
@@ -522,4 +614,5 @@ fn pump(call: CallKey, s: &mut Session, ctrl: &mut ControlEnd, credit_ms: u32) {
             }
         }
     }
+    Pumped::Waiting
 }
