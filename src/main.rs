@@ -43,7 +43,7 @@ enum Command {
     /// Prints a progress line every second on stderr and a summary table on stdout.
     /// Exit 0 when the run completed (whatever the timing SLO verdict), 1 on a setup
     /// error (cannot connect, bad arguments).
-    Loadgen(LoadgenArgs),
+    Loadgen(Box<LoadgenArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +60,14 @@ enum LoadCodec {
     Ulaw,
     /// G.711 A-law (PT 8).
     Alaw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Via {
+    /// The load generator dials voxd itself.
+    Direct,
+    /// Through an ARI emulator, like Asterisk.
+    Ari,
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +127,18 @@ struct LoadgenArgs {
     /// Driver threads (each runs one event loop over its share of the calls).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// How calls reach voxd: `direct` (dial its AudioSocket / send RTP to it) or
+    /// `ari` (run an ARI emulator that places callers into voxd's Stasis app; voxd
+    /// originates the media legs; configure voxd's asterisk.host/port to --ari-listen
+    /// and ASTERISK_ARI_USERNAME / ASTERISK_ARI_PASSWORD, default asterisk/asterisk).
+    #[arg(long, value_enum, default_value = "direct")]
+    via: Via,
+    /// With --via ari: where the ARI emulator listens.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    ari_listen: std::net::SocketAddr,
+    /// With --via ari: the Stasis application voxd registers.
+    #[arg(long, default_value = "asterisk-ai-voice-agent")]
+    ari_app: String,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -132,7 +152,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(config),
         Command::Serve { config } => serve(config),
-        Command::Loadgen(args) => loadgen(args),
+        Command::Loadgen(args) => loadgen(*args),
     }
 }
 
@@ -168,6 +188,15 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
             18080,
         ),
     };
+    if a.via == Via::Ari && a.spawn.is_some() {
+        // The spawned voxd logs in to our emulator with these (its environment is
+        // ours); defaults when the operator set none. Single-threaded still here.
+        for var in ["ASTERISK_ARI_USERNAME", "ASTERISK_ARI_PASSWORD"] {
+            if std::env::var_os(var).is_none() {
+                std::env::set_var(var, "asterisk");
+            }
+        }
+    }
     let spawned = match &a.spawn {
         None => None,
         Some(config) => {
@@ -225,7 +254,26 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
         pid: a.pid.or(spawned.as_ref().map(|s| s.pid())),
         progress: !a.quiet,
     };
-    let out = driver::run(&cfg);
+    let (out, ari) = match a.via {
+        Via::Direct => (driver::run(&cfg), None),
+        Via::Ari => {
+            if a.hold.is_some() {
+                return fail("--hold (call churn) is not supported with --via ari yet".into());
+            }
+            let settings = voxd::loadgen::via_ari::AriSettings {
+                listen: a.ari_listen,
+                username: std::env::var("ASTERISK_ARI_USERNAME")
+                    .unwrap_or_else(|_| "asterisk".into()),
+                password: std::env::var("ASTERISK_ARI_PASSWORD")
+                    .unwrap_or_else(|_| "asterisk".into()),
+                app: a.ari_app.clone(),
+            };
+            match voxd::loadgen::via_ari::run(&cfg, &settings) {
+                Ok((o, s)) => (Ok(o), Some(s)),
+                Err(e) => (Err(e), None),
+            }
+        }
+    };
     if let Some(s) = spawned {
         match s.stop() {
             Ok(status) if status.success() => {}
@@ -238,6 +286,12 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
         Err(e) => return fail(e.to_string()),
     };
     print!("{}", out.to_table());
+    if let Some(s) = &ari {
+        println!(
+            "ari: callers placed {}, media legs originated {}, left behind: {} channel(s), {} bridge(s)",
+            s.calls_placed, s.legs_originated, s.leaked_channels, s.leaked_bridges
+        );
+    }
     if let Some(path) = &a.json {
         if let Err(e) = std::fs::write(path, out.to_json()) {
             return fail(format!("cannot write {}: {e}", path.display()));

@@ -222,3 +222,66 @@ fn loadgen_spawns_and_stops_its_own_voxd() {
     assert!(stderr.contains("exited before listening"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn loadgen_via_ari_measures_calls_voxd_originated_and_leaves_nothing() {
+    let dir = temp_dir("via-ari");
+    let (as_port, rtp_port, health, ari) = (
+        free_tcp_port(),
+        free_udp_port(),
+        free_tcp_port(),
+        free_tcp_port(),
+    );
+    for transport in ["audiosocket", "rtp"] {
+        let cfg = dir.join(format!("{transport}.yaml"));
+        let audio_transport = if transport == "rtp" {
+            "externalmedia"
+        } else {
+            "audiosocket"
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                "default_provider: sim\n\
+                 audio_transport: {audio_transport}\n\
+                 asterisk: {{host: 127.0.0.1, port: {ari}, enabled: true}}\n\
+                 audiosocket: {{host: 127.0.0.1, port: {as_port}, format: slin16}}\n\
+                 external_media: {{rtp_host: 127.0.0.1, rtp_port: {rtp_port}, codec: ulaw}}\n\
+                 health: {{host: 127.0.0.1, port: {health}}}\n\
+                 providers: {{sim: {{think_ms: 100, reply_ms: 600}}}}\n\
+                 engine: {{shards: 1}}\n\
+                 logging: {{level: error}}\n"
+            ),
+        )
+        .unwrap();
+        let json = dir.join(format!("{transport}.json"));
+        let out = Command::new(BIN)
+            .args(["loadgen", "--via", "ari", "--ari-listen"])
+            .arg(format!("127.0.0.1:{ari}"))
+            .args(["--transport", transport, "--spawn"])
+            .arg(&cfg)
+            .args(["--calls", "5", "--rate", "50", "--seconds", "4"])
+            .args(["--think-ms", "100", "--initial-pause-ms", "200", "-q"])
+            .arg("--json")
+            .arg(&json)
+            .env("ASTERISK_ARI_USERNAME", "lg")
+            .env("ASTERISK_ARI_PASSWORD", "secret")
+            .output()
+            .expect("loadgen runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{transport}: exit {:?}\n{stdout}\n{stderr}",
+            out.status
+        );
+        assert!(
+            stdout.contains(
+                "ari: callers placed 5, media legs originated 5, left behind: 0 channel(s), 0 bridge(s)"
+            ),
+            "{transport}: {stdout}"
+        );
+        check_json(&json, transport);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -45,6 +45,8 @@ const REFUSED_LIMIT: u64 = 3;
 const EVENTS_PER_WAIT: usize = 1024;
 /// Longest backend wait, so that an abort is noticed.
 const MAX_WAIT_MS: u64 = 100;
+/// How often a driver thread in ARI mode looks for new legs when idle (ms).
+const LEG_POLL_MS: u64 = 5;
 /// Timeout of one blocking TCP connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -244,13 +246,26 @@ impl Outcome {
 
 /// Runs the load: ramps up, holds for the window, closes every call, reports.
 pub fn run(cfg: &DriverConfig) -> Result<Outcome, DriverError> {
+    run_with_legs(cfg, Vec::new())
+}
+
+/// [`run`], with the calls' media set up elsewhere: each thread takes legs from its
+/// receiver (`legs.len()` threads) instead of dialling voxd itself. Used by
+/// `voxd loadgen --via ari`, where the ARI emulator hands over the legs voxd
+/// originates.
+pub fn run_with_legs(cfg: &DriverConfig, legs: Vec<LegReceiver>) -> Result<Outcome, DriverError> {
     validate(cfg)?;
     if let Some(pid) = cfg.pid {
         ProcSample::read(pid).map_err(|e| {
             DriverError::Setup(format!("cannot read /proc/{pid} (voxd's --pid): {e}"))
         })?;
     }
-    let threads = cfg.threads.clamp(1, cfg.calls);
+    let threads = if legs.is_empty() {
+        cfg.threads.clamp(1, cfg.calls)
+    } else {
+        legs.len()
+    };
+    let mut legs = legs.into_iter();
     let cfg = Arc::new(cfg.clone());
     let ramp_us = (cfg.ramp_seconds() * 1e6) as u64;
     let window_start_us = ramp_us;
@@ -272,6 +287,7 @@ pub fn run(cfg: &DriverConfig) -> Result<Outcome, DriverError> {
             progress: p,
             tx: tx.clone(),
             abort: abort.clone(),
+            legs: legs.next(),
         };
         let h = std::thread::Builder::new()
             .name(format!("loadgen-{idx}"))
@@ -491,6 +507,29 @@ pub fn exp_hold_us(mean_ms: u64, r: u64) -> u64 {
     (us as u64).max(super::stats::FRAME_US)
 }
 
+/// A call whose media socket someone else set up (the ARI emulator, when voxd
+/// originated the leg): the worker plays the caller on it and measures it like its
+/// own calls. `on_end(closed_by_voxd)` runs when the call ends.
+pub struct ExternalLeg {
+    /// The connected AudioSocket stream, or the RTP socket connected to voxd.
+    pub conn: LegConn,
+    /// The AudioSocket UUID voxd put in the dial string (sent in the first frame).
+    pub uuid: [u8; 16],
+    /// Called once when the call ends; `true` when voxd ended it.
+    pub on_end: Box<dyn FnOnce(bool) + Send>,
+}
+
+impl std::fmt::Debug for ExternalLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalLeg")
+            .field("fd", &self.conn.fd())
+            .finish()
+    }
+}
+
+/// Where external legs reach the driver threads (one receiver per thread).
+pub type LegReceiver = mpsc::Receiver<ExternalLeg>;
+
 struct ThreadCtx {
     idx: usize,
     threads: usize,
@@ -500,14 +539,22 @@ struct ThreadCtx {
     progress: Arc<ThreadProgress>,
     tx: mpsc::Sender<CallStats>,
     abort: Arc<AtomicBool>,
+    /// External legs for this thread (ARI mode): no ramp of its own.
+    legs: Option<LegReceiver>,
 }
 
-enum Conn {
+/// A call's media socket (non-blocking).
+#[derive(Debug)]
+pub enum LegConn {
+    /// AudioSocket over TCP.
     Tcp(TcpStream),
+    /// RTP over UDP (connected to voxd's address).
     Udp(UdpSocket),
 }
 
-impl Conn {
+use LegConn as Conn;
+
+impl LegConn {
     fn fd(&self) -> RawFd {
         match self {
             Conn::Tcp(s) => s.as_raw_fd(),
@@ -521,6 +568,7 @@ struct Slot {
     conn: Conn,
     hangup_at_us: u64,
     pending: BytesMut,
+    on_end: Option<Box<dyn FnOnce(bool) + Send>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -598,7 +646,11 @@ impl Worker {
             if now_us >= self.ctx.end_us || self.ctx.abort.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            while self.next_ramp < self.slots.len() && self.ramp_us(self.next_ramp) <= now_us {
+            self.take_legs(now_us)?;
+            while self.ctx.legs.is_none()
+                && self.next_ramp < self.slots.len()
+                && self.ramp_us(self.next_ramp) <= now_us
+            {
                 self.start_call(self.next_ramp, now_us)?;
                 self.next_ramp += 1;
             }
@@ -612,7 +664,10 @@ impl Worker {
             if let Some(d) = self.wheel.next_deadline() {
                 next_ms = next_ms.min(d);
             }
-            if self.next_ramp < self.slots.len() {
+            if self.ctx.legs.is_some() {
+                // Legs arrive on a channel: look at it every few ms.
+                next_ms = next_ms.min(now_ms + LEG_POLL_MS);
+            } else if self.next_ramp < self.slots.len() {
                 next_ms = next_ms.min(self.ramp_us(self.next_ramp).div_ceil(1_000));
             }
             let timeout = if full {
@@ -662,7 +717,38 @@ impl Worker {
         }
     }
 
+    /// ARI mode: start a call for every leg waiting (slots are taken as free).
+    fn take_legs(&mut self, now_us: u64) -> Result<(), DriverError> {
+        let Some(rx) = self.ctx.legs.as_ref() else {
+            return Ok(());
+        };
+        let mut got = Vec::new();
+        while let Ok(leg) = rx.try_recv() {
+            got.push(leg);
+        }
+        for leg in got {
+            match self.slots.iter().position(Option::is_none) {
+                Some(k) => self.start_call_on(k, now_us, Some(leg))?,
+                None => {
+                    // More legs than --calls: voxd or the emulator misbehaves.
+                    self.counters.refused += 1;
+                    (leg.on_end)(false);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn start_call(&mut self, k: usize, now_us: u64) -> Result<(), DriverError> {
+        self.start_call_on(k, now_us, None)
+    }
+
+    fn start_call_on(
+        &mut self,
+        k: usize,
+        now_us: u64,
+        leg: Option<ExternalLeg>,
+    ) -> Result<(), DriverError> {
         let cfg = self.ctx.cfg.clone();
         self.generation += 1;
         let j = (self.ctx.idx + k * self.ctx.threads) as u64;
@@ -677,9 +763,21 @@ impl Worker {
             }
             None => CallerSource::Speech(SpeechSignal::with_config(seed, rate, cfg.signal)),
         };
-        let caller = Caller::new(CallerConfig::new(cfg.transport, seed), source, now_us)
-            .map_err(|e| DriverError::Setup(e.to_string()))?;
-        let conn = match self.open(&cfg) {
+        let mut ccfg = CallerConfig::new(cfg.transport, seed);
+        let (leg_conn, on_end) = match leg {
+            Some(l) => {
+                ccfg.uuid = l.uuid;
+                (Some(l.conn), Some(l.on_end))
+            }
+            None => (None, None),
+        };
+        let caller =
+            Caller::new(ccfg, source, now_us).map_err(|e| DriverError::Setup(e.to_string()))?;
+        let opened = match leg_conn {
+            Some(c) => Ok(c),
+            None => self.open(&cfg),
+        };
+        let conn = match opened {
             Ok(c) => c,
             Err(e) => {
                 if self.counters.calls_started == 0 {
@@ -715,6 +813,7 @@ impl Worker {
             conn,
             hangup_at_us,
             pending: BytesMut::new(),
+            on_end,
         });
         self.calls_up += 1;
         self.counters.calls_started += 1;
@@ -937,6 +1036,9 @@ impl Worker {
             let _ = s.write(&[0, 0, 0]);
         }
         self.calls_up -= 1;
+        if let Some(f) = slot.on_end.take() {
+            f(why == EndReason::Voxd);
+        }
         // The coordinator is gone only if it is itself unwinding.
         let _ = self.ctx.tx.send(slot.caller.stats().clone());
     }

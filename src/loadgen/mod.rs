@@ -22,3 +22,4 @@ pub mod procstat;
 pub mod signal;
 pub mod spawn;
 pub mod stats;
+pub mod via_ari;
