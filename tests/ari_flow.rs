@@ -227,10 +227,15 @@ fn audiosocket_call_via_external_media_and_rtp_call_echo() {
 }
 
 #[test]
-fn sim_agent_answers_and_provider_comes_from_the_dialplan() {
+fn sim_agent_answers_on_every_transport_variant() {
     runtime().block_on(async {
-        // Default echo; the dialplan picks `sim` with AI_PROVIDER.
-        let yaml = format!("{ECHO_AS}\nproviders: {{sim: {{think_ms: 100, reply_ms: 800}}}}\n");
+        // Only the sim can answer here (it is also the default), so voiced audio back
+        // is its reply; that AI_PROVIDER picks the agent is shown by the scripted
+        // and unknown-provider tests.
+        let yaml = format!(
+            "{}\nproviders: {{sim: {{think_ms: 100, reply_ms: 800}}}}\n",
+            ECHO_AS.replace("default_provider: echo", "default_provider: sim")
+        );
         let emu_cfg = EmuConfig {
             default_signal: voxd::loadgen::ari_emu::CallerSignal::Speech {
                 seed: 3,
@@ -243,14 +248,27 @@ fn sim_agent_answers_and_provider_comes_from_the_dialplan() {
             },
             ..EmuConfig::default()
         };
-        let rig = start_rig(&yaml, emu_cfg).await;
-        let spec = CallSpec {
-            provider: Some("sim".into()),
-            agent: Some("sales".into()),
-            ..CallSpec::default()
-        };
-        one_call(&rig, spec).await;
-        assert_clean(&rig.stop().await);
+        // Each transport variant: AudioSocket via POST /channels, AudioSocket via
+        // externalMedia, ExternalMedia RTP.
+        let variants = [
+            yaml.clone(),
+            format!("{yaml}asterisk: {{media_originate: external_media}}\n"),
+            yaml.replace(
+                "audio_transport: audiosocket",
+                "audio_transport: externalmedia",
+            ),
+        ];
+        for y in variants {
+            let rig = start_rig(&y, emu_cfg.clone()).await;
+            let spec = CallSpec {
+                provider: Some("sim".into()),
+                agent: Some("sales".into()),
+                ..CallSpec::default()
+            };
+            // `one_call` waits for the sim's voiced reply and hangs up while it plays.
+            one_call(&rig, spec).await;
+            assert_clean(&rig.stop().await);
+        }
     });
 }
 
