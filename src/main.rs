@@ -367,7 +367,12 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            loaded
+                .config
+                .engine
+                .control_workers(voxd::engine::runner::shard_count(&loaded.config)),
+        )
         .thread_name("voxd-control")
         .enable_all()
         .build()

@@ -703,6 +703,21 @@ pub struct EngineConfig {
     pub shards: u32,
     /// Socket I/O backend.
     pub io_backend: IoBackend,
+    /// Worker threads of the control runtime (providers, ARI, HTTP); 0 = one per 4
+    /// shards, at least 1. One worker took 7-11% less CPU per call-second than two
+    /// on the 2-core box (perf/RESULTS.md): fewer cross-thread wake-ups.
+    pub control_threads: u32,
+}
+
+impl EngineConfig {
+    /// The control runtime's worker count: `control_threads`, or for 0 one per 4
+    /// shards (at least 1).
+    pub fn control_workers(&self, shards: usize) -> usize {
+        match self.control_threads {
+            0 => shards.div_ceil(4).max(1),
+            n => n as usize,
+        }
+    }
 }
 
 /// `limits:` block.

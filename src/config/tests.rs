@@ -442,3 +442,14 @@ fn echo_is_a_built_in_provider() {
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     assert!(parse_str("default_provider: nonesuch\n").is_err());
 }
+
+#[test]
+fn control_workers_default_to_one_per_four_shards() {
+    let mut e = EngineConfig::default();
+    assert_eq!(e.control_workers(1), 1);
+    assert_eq!(e.control_workers(2), 1);
+    assert_eq!(e.control_workers(8), 2);
+    assert_eq!(e.control_workers(16), 4);
+    e.control_threads = 3;
+    assert_eq!(e.control_workers(16), 3);
+}

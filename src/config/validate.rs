@@ -376,6 +376,12 @@ pub(crate) fn validate(cfg: &Config) -> Vec<ConfigIssue> {
 
     // engine, limits, logging, shutdown
     c.range("engine.shards", cfg.engine.shards.into(), 0, 1024);
+    c.range(
+        "engine.control_threads",
+        cfg.engine.control_threads.into(),
+        0,
+        256,
+    );
     c.range("limits.max_calls", cfg.limits.max_calls.into(), 1, 100_000);
     if let Some(path) = &cfg.logging.audit_path {
         c.non_empty("logging.audit_path", path);
@@ -549,6 +555,7 @@ mod tests {
             ("limits.max_calls", |c| c.limits.max_calls = 0),
             ("limits.max_calls", |c| c.limits.max_calls = 100_001),
             ("engine.shards", |c| c.engine.shards = 5000),
+            ("engine.control_threads", |c| c.engine.control_threads = 300),
             ("shutdown.drain_seconds", |c| {
                 c.shutdown.drain_seconds = 4000
             }),
