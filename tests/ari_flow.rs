@@ -37,13 +37,26 @@ fn config(yaml: &str, emu: &AriEmulator) -> Config {
 }
 
 async fn start_rig(yaml: &str, emu_cfg: EmuConfig) -> Rig {
+    start_rig_with(yaml, emu_cfg, None).await
+}
+
+/// [`start_rig`] with an extra provider in the registry.
+async fn start_rig_with(
+    yaml: &str,
+    emu_cfg: EmuConfig,
+    extra: Option<Arc<dyn voxd::provider::Provider>>,
+) -> Rig {
     let emu = AriEmulator::start(emu_cfg).await.expect("emulator starts");
     let cfg = config(yaml, &emu);
     let mode = AriMode {
         bindings: Arc::new(Bindings::default()),
         accept_unoriginated: cfg.audiosocket.accept_unoriginated,
     };
-    let reg = Arc::new(Registry::from_config(&cfg).expect("registry"));
+    let mut reg = Registry::from_config(&cfg).expect("registry");
+    if let Some(p) = extra {
+        reg = reg.with_provider(p);
+    }
+    let reg = Arc::new(reg);
     let engine = Engine::start_with(&cfg, reg, Some(mode.clone())).expect("engine starts");
     let flow = AriFlow::start(
         &cfg,
@@ -91,6 +104,15 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Wait until the emulator holds no channel and no bridge.
+async fn until_clean(rig: &Rig, what: &str) {
+    until(what, || {
+        let c = rig.emu.counters();
+        c.live_channels == 0 && c.live_bridges == 0
+    })
+    .await;
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -119,11 +141,7 @@ async fn one_call(rig: &Rig, spec: CallSpec) {
     })
     .await;
     rig.emu.hangup_caller(&id).expect("hang up");
-    until("no channel or bridge left", || {
-        let c = rig.emu.counters();
-        c.live_channels == 0 && c.live_bridges == 0
-    })
-    .await;
+    until_clean(rig, "no channel or bridge left").await;
 }
 
 fn assert_clean(report: &voxd::loadgen::ari_emu::StopReport) {
@@ -322,11 +340,7 @@ fn media_leg_loss_hangs_up_the_caller_and_cleans_up() {
             .unwrap()
             .status();
         assert_eq!(st.as_u16(), 204);
-        until("caller hung up after leg loss", || {
-            let c = rig.emu.counters();
-            c.live_channels == 0 && c.live_bridges == 0
-        })
-        .await;
+        until_clean(&rig, "caller hung up after leg loss").await;
         let engine = rig.engine.as_ref().unwrap();
         until("the shard call ended too", || {
             engine
@@ -381,11 +395,7 @@ fn ari_websocket_drop_keeps_the_call_and_hangup_still_works() {
                 .await
         );
         rig.emu.hangup_caller(&id).unwrap();
-        until("clean after hangup", || {
-            let c = rig.emu.counters();
-            c.live_channels == 0 && c.live_bridges == 0
-        })
-        .await;
+        until_clean(&rig, "clean after hangup").await;
         assert_clean(&rig.stop().await);
     });
 }
@@ -481,11 +491,7 @@ fn two_hundred_concurrent_calls_leave_no_channel_or_bridge() {
         for id in &ids {
             rig.emu.hangup_caller(id).unwrap();
         }
-        until("no channel or bridge left", || {
-            let c = rig.emu.counters();
-            c.live_channels == 0 && c.live_bridges == 0
-        })
-        .await;
+        until_clean(&rig, "no channel or bridge left").await;
         assert_clean(&rig.stop().await);
     });
 }
@@ -548,36 +554,7 @@ impl voxd::provider::Provider for Scripted {
 
 async fn scripted_rig(script: &Scripted) -> Rig {
     let yaml = format!("{ECHO_AS}\nasterisk: {{transfer_context: agents}}\n");
-    let emu = AriEmulator::start(EmuConfig::default()).await.unwrap();
-    let cfg = config(&yaml, &emu);
-    let mode = AriMode {
-        bindings: Arc::new(Bindings::default()),
-        accept_unoriginated: false,
-    };
-    let reg = Registry::from_config(&cfg)
-        .unwrap()
-        .with_provider(Arc::new(script.clone()));
-    let engine = Engine::start_with(&cfg, Arc::new(reg), Some(mode.clone())).unwrap();
-    let flow = AriFlow::start(
-        &cfg,
-        mode.bindings.clone(),
-        engine.peers.clone(),
-        engine.audiosocket_addr.port(),
-        engine.rtp_addr.port(),
-    )
-    .unwrap();
-    let mut connected = flow.connected.clone();
-    tokio::time::timeout(LIMIT, connected.wait_for(|c| *c))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(emu.wait_app_registered(&cfg.asterisk.app_name, LIMIT).await);
-    Rig {
-        emu,
-        engine: Some(engine),
-        flow: Some(flow),
-        cfg,
-    }
+    start_rig_with(&yaml, EmuConfig::default(), Some(Arc::new(script.clone()))).await
 }
 
 #[test]
@@ -621,11 +598,7 @@ fn dtmf_reaches_the_agent_and_agent_actions_play_transfer_hang_up() {
 
         // `9`: the agent hangs up; voxd hangs the caller up and cleans everything.
         rig.emu.send_dtmf(&id, '9').unwrap();
-        until("agent hang-up cleans up", || {
-            let c = rig.emu.counters();
-            c.live_channels == 0 && c.live_bridges == 0
-        })
-        .await;
+        until_clean(&rig, "agent hang-up cleans up").await;
         assert!(rig
             .emu
             .requests()
@@ -649,11 +622,7 @@ fn dtmf_reaches_the_agent_and_agent_actions_play_transfer_hang_up() {
             Some("agents")
         );
         assert_eq!(cont.query.get("extension").map(String::as_str), Some("100"));
-        until("nothing left after the transfer", || {
-            let c = rig.emu.counters();
-            c.live_channels == 0 && c.live_bridges == 0
-        })
-        .await;
+        until_clean(&rig, "nothing left after the transfer").await;
         // The transferred caller went back to the dialplan: voxd did not hang it up.
         assert!(!rig
             .emu
@@ -675,18 +644,10 @@ fn caller_hanging_up_during_set_up_leaves_nothing_behind() {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             rig.emu.hangup_caller(&id).unwrap();
         }
-        until("no channel or bridge left", || {
-            let c = rig.emu.counters();
-            c.live_channels == 0 && c.live_bridges == 0
-        })
-        .await;
+        until_clean(&rig, "no channel or bridge left").await;
         // Give stray legs time to show up and be removed, then check again.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        until("still nothing left", || {
-            let c = rig.emu.counters();
-            c.live_channels == 0 && c.live_bridges == 0
-        })
-        .await;
+        until_clean(&rig, "still nothing left").await;
         let flow = rig.flow.as_ref().unwrap();
         assert_eq!(
             flow.stats.media_up.load(Ordering::Relaxed),

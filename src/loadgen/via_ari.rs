@@ -105,12 +105,9 @@ impl MediaDriver for HandOff {
         let out = ExternalLeg {
             conn,
             uuid,
-            on_end: Box::new(move |by_voxd| {
-                // voxd ended it (EOF or hangup frame), or the caller did: either way
-                // the leg is gone on Asterisk's side too.
-                let _ = by_voxd;
-                link.closed(LegClose::RemoteClosed);
-            }),
+            // voxd ended it (EOF or hangup frame), or the caller did: either way the
+            // leg is gone on Asterisk's side too.
+            on_end: Box::new(move |_by_voxd| link.closed(LegClose::RemoteClosed)),
         };
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len().max(1);
         self.senders[i]
