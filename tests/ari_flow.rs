@@ -636,25 +636,54 @@ fn dtmf_reaches_the_agent_and_agent_actions_play_transfer_hang_up() {
 #[test]
 fn caller_hanging_up_during_set_up_leaves_nothing_behind() {
     runtime().block_on(async {
-        let rig = start_rig(ECHO_AS, EmuConfig::default()).await;
-        // Slow Asterisk: the caller leaves while voxd is still setting the call up.
-        rig.emu.set_rest_delay(Duration::from_millis(150));
-        for wait_ms in [0u64, 200, 400] {
-            let id = rig.emu.place_call(CallSpec::default()).unwrap();
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            rig.emu.hangup_caller(&id).unwrap();
+        // The caller leaves at each step of voxd's set-up: the emulator hangs it up
+        // the moment voxd's request for that step arrives (no timing involved).
+        let as_steps = [
+            ("POST", "/answer"),
+            ("GET", "/variable"),
+            ("POST", "/ari/bridges"),
+        ];
+        for (yaml, last_step) in [
+            (ECHO_AS.to_string(), ("POST", "/ari/channels")),
+            (
+                format!("{ECHO_AS}\nasterisk: {{media_originate: external_media}}\n"),
+                ("POST", "/externalMedia"),
+            ),
+            (
+                ECHO_AS.replace(
+                    "audio_transport: audiosocket",
+                    "audio_transport: externalmedia",
+                ),
+                ("POST", "/externalMedia"),
+            ),
+        ] {
+            let steps: Vec<(&str, &str)> = as_steps.iter().copied().chain([last_step]).collect();
+            let rig = start_rig(&yaml, EmuConfig::default()).await;
+            // Triggers fire on the request's arrival; a little delay keeps each
+            // request in flight while the hang-up events reach voxd.
+            rig.emu.set_rest_delay(Duration::from_millis(20));
+            for &(method, path) in &steps {
+                let id = rig.emu.place_call(CallSpec::default()).unwrap();
+                rig.emu.hang_up_caller_on(&id, method, path);
+                until("the caller is gone", || rig.emu.channel_json(&id).is_none()).await;
+                until_clean(&rig, "no channel or bridge left").await;
+            }
+            // Give stray legs time to show up and be removed, then check again.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            until_clean(&rig, "still nothing left").await;
+            let flow = rig.flow.as_ref().unwrap();
+            assert_eq!(
+                flow.stats.media_up.load(Ordering::Relaxed),
+                0,
+                "no agent for a caller who left ({yaml})"
+            );
+            assert_eq!(
+                flow.stats.callers.load(Ordering::Relaxed),
+                steps.len() as u64
+            );
+            assert_eq!(flow.stats.setup_failures.load(Ordering::Relaxed), 0);
+            assert_clean(&rig.stop().await);
         }
-        until_clean(&rig, "no channel or bridge left").await;
-        // Give stray legs time to show up and be removed, then check again.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        until_clean(&rig, "still nothing left").await;
-        let flow = rig.flow.as_ref().unwrap();
-        assert_eq!(
-            flow.stats.media_up.load(Ordering::Relaxed),
-            0,
-            "no agent for a caller who left"
-        );
-        assert_clean(&rig.stop().await);
     });
 }
 

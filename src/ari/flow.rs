@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -206,6 +206,9 @@ struct FlowCall {
     media: MediaKey,
     /// The shard call once the media session is up.
     call: Option<CallKey>,
+    /// Set when the call ends; the set-up task checks it so that no media leg is
+    /// originated (and no agent started) for a caller who already left.
+    gone: Arc<AtomicBool>,
 }
 
 /// Results of the per-call REST tasks, back into the flow loop.
@@ -356,6 +359,7 @@ impl Flow {
         // For RTP the key is only known from the externalMedia response; a
         // placeholder until then (a UUID key no AudioSocket will present).
         let media = MediaKey::Uuid(uuid);
+        let gone = Arc::new(AtomicBool::new(false));
         self.legs.insert(leg.clone(), caller.clone());
         self.calls.insert(
             caller.clone(),
@@ -364,6 +368,7 @@ impl Flow {
                 bridge: bridge.clone(),
                 media,
                 call: None,
+                gone: gone.clone(),
             },
         );
         tracing::info!(caller = %caller, "caller entered Stasis");
@@ -377,7 +382,7 @@ impl Flow {
         tokio::spawn(async move {
             let r = setup(
                 &rest, &cfg, &bindings, &peers, &caller, &leg, &bridge, uuid, agent, provider,
-                media_tx,
+                media_tx, &gone,
             )
             .await;
             let msg = match r {
@@ -607,6 +612,9 @@ impl Flow {
         why: &str,
     ) -> Option<JoinHandle<()>> {
         let c = self.calls.remove(caller)?;
+        // Before `forget`: set-up registers its binding first and checks `gone`
+        // after, so one of the two always removes it.
+        c.gone.store(true, Ordering::SeqCst);
         self.legs.remove(&c.leg);
         self.bindings.forget(c.media);
         if let Some(call) = c.call {
@@ -647,7 +655,10 @@ async fn setup(
     agent_arg: Option<String>,
     provider_arg: Option<String>,
     media_tx: mpsc::Sender<MediaEvent>,
+    gone: &AtomicBool,
 ) -> Result<MediaKey, String> {
+    let left = || gone.load(Ordering::SeqCst);
+    const LEFT: &str = "the caller left during set-up";
     rest.answer(caller)
         .await
         .map_err(|e| format!("answer: {e}"))?;
@@ -665,6 +676,9 @@ async fn setup(
             .await
             .map_err(|e| format!("read AI_PROVIDER: {e}"))?,
     };
+    if left() {
+        return Err(LEFT.into());
+    }
     rest.create_bridge(bridge, "mixing")
         .await
         .map_err(|e| format!("create bridge: {e}"))?;
@@ -678,6 +692,10 @@ async fn setup(
     match cfg.transport {
         AudioTransport::Audiosocket => {
             bindings.expect(MediaKey::Uuid(uuid), binding);
+            if left() {
+                bindings.forget(MediaKey::Uuid(uuid));
+                return Err(LEFT.into());
+            }
             let r = match cfg.originate {
                 MediaOriginate::Channel => {
                     let endpoint = format!(
@@ -702,6 +720,10 @@ async fn setup(
                 bindings.forget(MediaKey::Uuid(uuid));
                 return Err(format!("originate AudioSocket media leg: {e}"));
             }
+            if left() {
+                bindings.forget(MediaKey::Uuid(uuid));
+                return Err(LEFT.into());
+            }
             Ok(MediaKey::Uuid(uuid))
         }
         AudioTransport::Externalmedia => {
@@ -717,7 +739,14 @@ async fn setup(
             let Some(remote) = ch.unicast_rtp_local() else {
                 return Err("the ExternalMedia response has no UNICASTRTP_LOCAL_ADDRESS/PORT: cannot tell this call's RTP apart".into());
             };
+            if left() {
+                return Err(LEFT.into());
+            }
             bind_rtp(bindings, peers, remote, binding);
+            if left() {
+                bindings.forget(MediaKey::Rtp(remote));
+                return Err(LEFT.into());
+            }
             Ok(MediaKey::Rtp(remote))
         }
     }

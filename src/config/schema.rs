@@ -110,6 +110,10 @@ pub struct Config {
     pub default_provider: ProviderName,
     /// AI provider settings.
     pub providers: ProvidersConfig,
+    /// Named agents (`AI_AGENT` channel variable): provider, prompt, greeting, voice.
+    pub agents: std::collections::BTreeMap<String, AgentConfig>,
+    /// What a call does when its provider fails and cannot be resumed.
+    pub provider_failure: ProviderFailureConfig,
     /// Media engine threads and I/O backend.
     pub engine: EngineConfig,
     /// Admission limits.
@@ -424,6 +428,63 @@ impl Default for HealthConfig {
     }
 }
 
+/// `agents.<name>`: what a call with `AI_AGENT=<name>` gets. Unset fields fall back
+/// to the provider's own settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Provider of this agent; none = `AI_PROVIDER` or `default_provider`.
+    pub provider: Option<ProviderName>,
+    /// Instructions (system prompt) for the session.
+    pub prompt: Option<String>,
+    /// Spoken first when the call connects.
+    pub greeting: Option<String>,
+    /// Output voice (OpenAI voice name or Deepgram speak model).
+    pub voice: Option<String>,
+}
+
+/// What happens to a call whose provider failed (after one fast reconnect where
+/// allowed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnProviderFailure {
+    /// Play `provider_failure.prompt` to the caller (ARI), then hang up.
+    #[default]
+    AnnounceHangup,
+    /// Send the caller back to the dialplan at `provider_failure.context`.
+    DialplanRedirect,
+    /// Keep the call up without an agent (the caller hears silence and can hang up).
+    LeaveOpen,
+}
+
+/// `provider_failure:` block.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderFailureConfig {
+    /// One fast reconnect (new session) when the provider drops mid-call.
+    pub reconnect: bool,
+    /// Then: `announce_hangup` | `dialplan_redirect` | `leave_open`.
+    pub on_provider_failure: OnProviderFailure,
+    /// ARI media played before hanging up (`announce_hangup`).
+    pub prompt: String,
+    /// Dialplan context for `dialplan_redirect`; none = `asterisk.transfer_context`.
+    pub context: Option<String>,
+    /// Extension for `dialplan_redirect`.
+    pub extension: String,
+}
+
+impl Default for ProviderFailureConfig {
+    fn default() -> Self {
+        Self {
+            reconnect: true,
+            on_provider_failure: OnProviderFailure::AnnounceHangup,
+            prompt: "sound:an-error-has-occurred".to_string(),
+            context: None,
+            extension: "s".to_string(),
+        }
+    }
+}
+
 /// A provider voxd implements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -593,6 +654,11 @@ pub struct OpenAiRealtimeConfig {
     pub output_format: RealtimeAudioFormat,
     /// Server-side end-of-turn detection.
     pub turn_detection: TurnDetectionConfig,
+    /// Caller audio per `input_audio_buffer.append` (ms, a multiple of 20): 20 sends
+    /// every frame at once; more batches frames into fewer, larger messages.
+    pub append_ms: u32,
+    /// TCP + TLS + WebSocket handshake limit (ms).
+    pub connect_timeout_ms: u32,
     /// API key. SECRET: only from env `OPENAI_API_KEY`.
     pub api_key: Secret,
 }
@@ -609,6 +675,8 @@ impl Default for OpenAiRealtimeConfig {
             input_format: RealtimeAudioFormat::Pcmu,
             output_format: RealtimeAudioFormat::Pcmu,
             turn_detection: TurnDetectionConfig::default(),
+            append_ms: 20,
+            connect_timeout_ms: 5000,
             api_key: Secret::default(),
         }
     }
@@ -634,6 +702,10 @@ pub struct DeepgramConfig {
     pub instructions: String,
     /// Spoken first when the call connects; none = wait for the caller.
     pub greeting: Option<String>,
+    /// `KeepAlive` sent after this long without audio to Deepgram (ms).
+    pub keepalive_ms: u32,
+    /// TCP + TLS + WebSocket handshake limit (ms).
+    pub connect_timeout_ms: u32,
     /// API key. SECRET: only from env `DEEPGRAM_API_KEY`.
     pub api_key: Secret,
 }
@@ -649,6 +721,8 @@ impl Default for DeepgramConfig {
             speak_model: "aura-2-thalia-en".to_string(),
             instructions: String::new(),
             greeting: None,
+            keepalive_ms: 8000,
+            connect_timeout_ms: 5000,
             api_key: Secret::default(),
         }
     }
@@ -664,6 +738,8 @@ pub struct LocalProviderConfig {
     pub base_url: String,
     /// Caller audio batched per message (ms).
     pub chunk_ms: u32,
+    /// TCP + WebSocket handshake limit (ms).
+    pub connect_timeout_ms: u32,
     /// Optional auth token. SECRET: only from env `LOCAL_AI_AUTH_TOKEN`.
     pub auth_token: Secret,
 }
@@ -674,6 +750,7 @@ impl Default for LocalProviderConfig {
             enabled: false,
             base_url: "ws://127.0.0.1:8765".to_string(),
             chunk_ms: 320,
+            connect_timeout_ms: 5000,
             auth_token: Secret::default(),
         }
     }

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use super::errors::ConfigIssue;
-use super::schema::{AudioTransport, Config, ProviderName};
+use super::schema::{AudioTransport, Config, OnProviderFailure, ProviderName};
 
 /// Largest valid value of a port.
 const PORT_RANGE: &str = "1..=65535";
@@ -373,6 +373,75 @@ pub(crate) fn validate(cfg: &Config) -> Vec<ConfigIssue> {
     let l = &p.local;
     c.ws_url("providers.local.base_url", &l.base_url);
     c.range("providers.local.chunk_ms", l.chunk_ms.into(), 10, 10_000);
+    c.range(
+        "providers.openai_realtime.append_ms",
+        o.append_ms.into(),
+        20,
+        1000,
+    );
+    if o.append_ms % 20 != 0 {
+        c.push(
+            "providers.openai_realtime.append_ms",
+            format!(
+                "{} is not a multiple of 20; allowed 20, 40, .., 1000",
+                o.append_ms
+            ),
+        );
+    }
+    for (key, v) in [
+        (
+            "providers.openai_realtime.connect_timeout_ms",
+            o.connect_timeout_ms,
+        ),
+        (
+            "providers.deepgram.connect_timeout_ms",
+            d.connect_timeout_ms,
+        ),
+        ("providers.local.connect_timeout_ms", l.connect_timeout_ms),
+    ] {
+        c.range(key, v.into(), 100, 60_000);
+    }
+    c.range(
+        "providers.deepgram.keepalive_ms",
+        d.keepalive_ms.into(),
+        1000,
+        60_000,
+    );
+
+    // agents
+    for (name, a) in &cfg.agents {
+        if name.trim().is_empty() {
+            c.push("agents", "an agent has an empty name".to_string());
+        }
+        if let Some(pn) = a.provider {
+            if !p.is_enabled(pn) {
+                c.push(
+                    &format!("agents.{name}.provider"),
+                    format!(
+                        "`{}` is not enabled (set providers.{}.enabled: true)",
+                        pn.as_str(),
+                        pn.as_str()
+                    ),
+                );
+            }
+        }
+    }
+
+    // provider failure policy
+    let f = &cfg.provider_failure;
+    match f.on_provider_failure {
+        OnProviderFailure::AnnounceHangup => c.non_empty("provider_failure.prompt", &f.prompt),
+        OnProviderFailure::DialplanRedirect => {
+            if f.context.is_none() && cfg.asterisk.transfer_context.is_none() {
+                c.push(
+                    "provider_failure.context",
+                    "on_provider_failure: dialplan_redirect needs provider_failure.context or asterisk.transfer_context".to_string(),
+                );
+            }
+            c.non_empty("provider_failure.extension", &f.extension);
+        }
+        OnProviderFailure::LeaveOpen => {}
+    }
 
     // engine, limits, logging, shutdown
     c.range("engine.shards", cfg.engine.shards.into(), 0, 1024);

@@ -18,7 +18,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod deepgram;
 pub mod echo;
+pub mod local;
+pub mod net;
+pub mod openai;
 pub mod sim;
 
 use std::future::Future;

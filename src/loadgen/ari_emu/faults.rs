@@ -1,4 +1,5 @@
 //! Fault injection of the ARI emulator: refused originates, slow REST responses,
+//! a caller hanging up at a chosen step of the client's set-up,
 //! dropped events WebSockets, unknown event types, malformed JSON, and an "Asterisk
 //! restart" (WebSockets dropped, every channel and bridge gone, media closed, the
 //! HTTP port closed for a while, then back with a fresh start time).
@@ -15,6 +16,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::state::WsOut;
@@ -41,6 +43,18 @@ pub(crate) struct Faults {
     /// How many more originates to refuse (`u64::MAX`: all).
     refuse_remaining: AtomicU64,
     rest_delay_us: AtomicU64,
+    /// Callers to hang up when a matching request arrives (armed by tests).
+    hangup_triggers: Mutex<Vec<HangupTrigger>>,
+}
+
+/// "When a request `method` whose path ends in `path_ends_with` arrives, hang up
+/// `caller` first": puts a caller's hang-up at an exact step of a client's call
+/// set-up, with no timing involved.
+#[derive(Debug, Clone)]
+struct HangupTrigger {
+    caller: String,
+    method: String,
+    path_ends_with: String,
 }
 
 impl Faults {
@@ -75,6 +89,27 @@ impl Faults {
         }
     }
 
+    /// The callers to hang up before answering this request (each trigger fires
+    /// once).
+    pub(crate) fn take_hangups(&self, method: &str, path: &str) -> Vec<String> {
+        let mut t = self
+            .hangup_triggers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if t.is_empty() {
+            return Vec::new();
+        }
+        let mut fired = Vec::new();
+        t.retain(|h| {
+            let hit = h.method.eq_ignore_ascii_case(method) && path.ends_with(&h.path_ends_with);
+            if hit {
+                fired.push(h.caller.clone());
+            }
+            !hit
+        });
+        fired
+    }
+
     pub(crate) fn rest_delay(&self) -> Duration {
         Duration::from_micros(self.rest_delay_us.load(Ordering::Relaxed))
     }
@@ -96,6 +131,23 @@ impl AriEmulator {
         let f = &self.inner.faults;
         f.refuse_remaining.store(count, Ordering::Relaxed);
         f.refuse_status.store(u32::from(status), Ordering::Relaxed);
+    }
+
+    /// Hangs `caller` up (as [`AriEmulator::hangup_caller`]) the moment the next
+    /// request with `method` and a path ending in `path_ends_with` arrives, before
+    /// that request is answered: a caller leaving at an exact step of the client's
+    /// set-up. Fires once.
+    pub fn hang_up_caller_on(&self, caller: &str, method: &str, path_ends_with: &str) {
+        self.inner
+            .faults
+            .hangup_triggers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(HangupTrigger {
+                caller: caller.to_string(),
+                method: method.to_string(),
+                path_ends_with: path_ends_with.to_string(),
+            });
     }
 
     /// Delays every REST response from now on by `delay` (zero turns it off).

@@ -316,6 +316,37 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// See [`AriEmulator::hangup_caller`].
+    pub(crate) fn hangup_caller(&self, id: &str) -> Result<(), EmuError> {
+        let mut st = self.lock();
+        let legs: Vec<String> = if self.cfg.hangup_legs_with_caller {
+            let bridge = st.channels.get(id).and_then(|c| c.bridge.clone());
+            bridge
+                .and_then(|b| st.bridges.get(&b).map(|b| b.channels.clone()))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| {
+                    matches!(
+                        st.channels.get(c),
+                        Some(Channel {
+                            role: Role::Leg { .. },
+                            ..
+                        })
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !st.hangup(id, 16, Some(false)) {
+            return Err(EmuError::NoSuchChannel(id.to_string()));
+        }
+        for leg in legs {
+            st.hangup(&leg, 16, Some(false));
+        }
+        Ok(())
+    }
+
     fn log(&self) -> MutexGuard<'_, VecDeque<RequestRecord>> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -623,33 +654,7 @@ impl AriEmulator {
     /// Clearing"). Legs bridged with it stay up (voxd must delete them) unless
     /// [`EmuConfig::hangup_legs_with_caller`] is set.
     pub fn hangup_caller(&self, id: &str) -> Result<(), EmuError> {
-        let mut st = self.inner.lock();
-        let legs: Vec<String> = if self.inner.cfg.hangup_legs_with_caller {
-            let bridge = st.channels.get(id).and_then(|c| c.bridge.clone());
-            bridge
-                .and_then(|b| st.bridges.get(&b).map(|b| b.channels.clone()))
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| {
-                    matches!(
-                        st.channels.get(c),
-                        Some(Channel {
-                            role: Role::Leg { .. },
-                            ..
-                        })
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if !st.hangup(id, 16, Some(false)) {
-            return Err(EmuError::NoSuchChannel(id.to_string()));
-        }
-        for leg in legs {
-            st.hangup(&leg, 16, Some(false));
-        }
-        Ok(())
+        self.inner.hangup_caller(id)
     }
 
     /// The caller presses a key: ChannelDtmfReceived {digit, duration_ms: 100}.

@@ -94,6 +94,9 @@ pub(crate) async fn gate(State(inner): State<Arc<Inner>>, req: Request, next: Ne
         );
         r
     } else {
+        for caller in inner.faults.take_hangups(&method, &path) {
+            let _ = inner.hangup_caller(&caller);
+        }
         if path != "/ari/events" {
             let d = inner.faults.rest_delay();
             if !d.is_zero() {

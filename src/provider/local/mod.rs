@@ -1,0 +1,1 @@
+//! (in progress) The `local` provider client.
