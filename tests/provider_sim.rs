@@ -24,6 +24,8 @@ fn meta(call_id: u64, codec: Codec) -> SessionMeta {
         caller_codec: codec,
         agent: None,
         started_at_ms: 0,
+        attempt: 0,
+        history: Vec::new(),
     }
 }
 

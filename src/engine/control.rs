@@ -468,6 +468,8 @@ impl Dispatcher {
             caller_codec: info.caller_codec,
             agent: binding.as_ref().and_then(|b| b.agent.clone()),
             started_at_ms: 0,
+            attempt: 0,
+            history: Vec::new(),
         };
         provider.start(meta, io);
         self.stats.sessions_started.fetch_add(1, Ordering::Relaxed);

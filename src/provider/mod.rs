@@ -73,8 +73,11 @@ pub enum CallerEvent {
     Audio(Bytes),
     /// The caller pressed a DTMF key (`0-9`, `*`, `#`, `A-D`).
     Dtmf(char),
-    /// voxd's local detector cut the agent after the caller heard `played_ms` of the
-    /// current utterance. A network provider sends `response.cancel` and truncates
+    /// The agent was cut after the caller heard `played_ms` of the current
+    /// utterance. Sent after every barge-in: one voxd's local detector raised, and
+    /// one the provider raised itself (then after the session's
+    /// [`AgentEvent::SpeechStarted`], once the playout is flushed). A network
+    /// provider cancels the response if it still runs (local barge-in) and truncates
     /// the assistant item to `played_ms`; the sim drops the rest of its reply.
     BargeIn {
         /// Milliseconds of the interrupted utterance the caller heard.
@@ -163,6 +166,13 @@ pub struct SessionMeta {
     pub agent: Option<String>,
     /// When the call started, ms on voxd's monotonic clock.
     pub started_at_ms: u64,
+    /// 0 for the call's first session; 1 for the one fast reconnect after a
+    /// mid-call provider failure (then skip the greeting).
+    pub attempt: u32,
+    /// Final transcript lines of the call so far, oldest first (empty on the first
+    /// attempt): a reconnecting session replays them where the protocol allows
+    /// (OpenAI `conversation.item.create`), so the conversation goes on.
+    pub history: Vec<(Role, String)>,
 }
 
 /// The two channels of one session, session side. Created by the glue with
