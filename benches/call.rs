@@ -53,6 +53,7 @@ fn bench_step(c: &mut Criterion, name: &str, caller: Codec, provider: Codec, rtp
     let cfg = CallConfig {
         caller,
         provider,
+        provider_out: provider,
         playout: PlayoutConfig::default(),
         vad: VadConfig::default(),
         jitter_depth_ms: 60,

@@ -169,6 +169,7 @@ fn call_path_allocates_nothing_in_steady_state() {
         let cfg = CallConfig {
             caller,
             provider,
+            provider_out: provider,
             playout: PlayoutConfig::default(),
             vad: VadConfig::default(),
             jitter_depth_ms: 60,

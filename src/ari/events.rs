@@ -257,6 +257,26 @@ pub struct ChannelStateChange {
     pub timestamp: Option<String>,
 }
 
+/// `PlaybackFinished`: a `play` ended (played out, stopped, or failed).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PlaybackFinished {
+    /// The playback.
+    pub playback: Playback,
+}
+
+/// A playback as ARI describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Playback {
+    /// The id voxd chose (`playbackId`) or Asterisk's.
+    pub id: String,
+    /// `channel:<id>` of the channel it played to.
+    #[serde(default)]
+    pub target_uri: String,
+    /// `done`, `failed`, ...
+    #[serde(default)]
+    pub state: String,
+}
+
 /// One ARI event, as produced by [`parse_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AriEvent {
@@ -272,6 +292,8 @@ pub enum AriEvent {
     ChannelDtmfReceived(ChannelDtmfReceived),
     /// See [`ChannelStateChange`].
     ChannelStateChange(ChannelStateChange),
+    /// See [`PlaybackFinished`].
+    PlaybackFinished(PlaybackFinished),
     /// Any other event type (its `type` string, cut to 64 characters); voxd ignores
     /// these.
     Unknown(String),
@@ -287,6 +309,7 @@ impl AriEvent {
             AriEvent::ChannelDestroyed(_) => "ChannelDestroyed",
             AriEvent::ChannelDtmfReceived(_) => "ChannelDtmfReceived",
             AriEvent::ChannelStateChange(_) => "ChannelStateChange",
+            AriEvent::PlaybackFinished(_) => "PlaybackFinished",
             AriEvent::Unknown(t) => t,
         }
     }
@@ -300,7 +323,7 @@ impl AriEvent {
             AriEvent::ChannelDestroyed(e) => Some(&e.channel),
             AriEvent::ChannelDtmfReceived(e) => Some(&e.channel),
             AriEvent::ChannelStateChange(e) => Some(&e.channel),
-            AriEvent::Unknown(_) => None,
+            AriEvent::PlaybackFinished(_) | AriEvent::Unknown(_) => None,
         }
     }
 }
@@ -347,6 +370,9 @@ pub fn parse_event(bytes: &[u8]) -> Result<AriEvent, AriError> {
         }
         "ChannelStateChange" => {
             AriEvent::ChannelStateChange(serde_json::from_slice(bytes).map_err(bad)?)
+        }
+        "PlaybackFinished" => {
+            AriEvent::PlaybackFinished(serde_json::from_slice(bytes).map_err(bad)?)
         }
         other => AriEvent::Unknown(other.chars().take(64).collect()),
     })
@@ -441,10 +467,14 @@ mod tests {
 
     #[test]
     fn unknown_types_are_not_errors() {
-        let ev = parse_event(br#"{"type":"PlaybackFinished","playback":{"id":"p"}}"#).unwrap();
-        assert_eq!(ev, AriEvent::Unknown("PlaybackFinished".into()));
-        assert_eq!(ev.type_name(), "PlaybackFinished");
+        let ev = parse_event(br#"{"type":"PlaybackContinuing","playback":{"id":"p"}}"#).unwrap();
+        assert_eq!(ev, AriEvent::Unknown("PlaybackContinuing".into()));
+        assert_eq!(ev.type_name(), "PlaybackContinuing");
         assert!(ev.channel().is_none());
+        let ev =
+            parse_event(br#"{"type":"PlaybackFinished","playback":{"id":"p","state":"done"}}"#)
+                .unwrap();
+        assert!(matches!(ev, AriEvent::PlaybackFinished(ref p) if p.playback.id == "p"));
         // An unknown type is not checked further, whatever else it carries.
         let ev = parse_event(br#"{"channel":7,"type":"X"}"#).unwrap();
         assert_eq!(ev, AriEvent::Unknown("X".into()));

@@ -166,6 +166,7 @@ impl AriFlow {
             media_tx,
             int_tx,
             rng: SplitMix64(seed()),
+            announcing: HashMap::new(),
         };
         let connected = conn_rx.clone();
         let task = tokio::spawn(flow.run(ev_rx, media_rx, int_rx, conn_rx, stop_rx, ev_stop_tx));
@@ -230,7 +231,12 @@ enum Internal {
     },
     /// Reconciliation after a reconnect: the caller channel no longer exists.
     Gone { caller: String },
+    /// A failure prompt could not be played, or its time is up: hang up.
+    PromptDone { id: String },
 }
+
+/// Longest a failure prompt may play before voxd hangs up anyway.
+const ANNOUNCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Flow {
     cfg: FlowConfig,
@@ -244,6 +250,9 @@ struct Flow {
     media_tx: mpsc::Sender<MediaEvent>,
     int_tx: mpsc::Sender<Internal>,
     rng: SplitMix64,
+    /// Apology prompts playing before a hang-up (`announce_hangup`): playback id ->
+    /// caller.
+    announcing: HashMap<String, String>,
 }
 
 impl Flow {
@@ -332,6 +341,12 @@ impl Flow {
                     return;
                 };
                 self.peers.command(call, ControlCmd::Dtmf { call, digit });
+            }
+            AriEvent::PlaybackFinished(p) => {
+                if let Some(caller) = self.announcing.remove(&p.playback.id) {
+                    tracing::info!(caller = %caller, "failure prompt played; hanging up");
+                    self.teardown(&caller, true, "provider_failed");
+                }
             }
             AriEvent::ChannelStateChange(_) | AriEvent::Unknown(_) => {}
         }
@@ -483,6 +498,21 @@ impl Flow {
                     }
                 });
             }
+            AgentAction::AnnounceHangup { media } => {
+                let id = format!("voxd-fail-{:016x}", self.rng.next_u64());
+                self.announcing.insert(id.clone(), caller.clone());
+                let int_tx = self.int_tx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = rest.play(&caller, &media, &id).await {
+                        tracing::warn!(caller = %caller, error = %e, "failure prompt could not be played; hanging up");
+                        let _ = int_tx.send(Internal::PromptDone { id }).await;
+                        return;
+                    }
+                    // Hang up even if PlaybackFinished never comes (lost events).
+                    tokio::time::sleep(ANNOUNCE_LIMIT).await;
+                    let _ = int_tx.send(Internal::PromptDone { id }).await;
+                });
+            }
             AgentAction::Transfer { context, exten } => {
                 let context = context.or_else(|| self.cfg.transfer_context.clone());
                 // The caller leaves Stasis: its StasisEnd tears the rest down, but
@@ -533,6 +563,11 @@ impl Flow {
                     self.teardown(&caller, true, "setup_failed");
                 } else {
                     self.remove_orphans(leg, bridge);
+                }
+            }
+            Internal::PromptDone { id } => {
+                if let Some(caller) = self.announcing.remove(&id) {
+                    self.teardown(&caller, true, "provider_failed");
                 }
             }
             Internal::Gone { caller } => {

@@ -37,8 +37,11 @@ const MAX_TICK_LAG_MS: u64 = 100;
 pub struct CallConfig {
     /// Encoding on the Asterisk side.
     pub caller: Codec,
-    /// Encoding on the provider side.
+    /// Encoding of the audio sent to the provider.
     pub provider: Codec,
+    /// Encoding of the audio the provider sends (often the same as `provider`;
+    /// OpenAI Realtime may use different input and output formats).
+    pub provider_out: Codec,
     /// Outbound playout knobs.
     pub playout: PlayoutConfig,
     /// Barge-in knobs.
@@ -183,13 +186,14 @@ impl Call {
     pub fn new(cfg: CallConfig, now_ms: u64) -> Self {
         let caller_rate = cfg.caller.rate();
         let provider_rate = cfg.provider.rate();
+        let provider_out_rate = cfg.provider_out.rate();
         let caller_frame = caller_rate.samples_per_frame();
         Call {
             cfg,
             jitter: JitterBuffer::new(caller_frame, cfg.jitter_depth_ms),
             vad: BargeInDetector::new(cfg.vad),
             up: Resampler::new(caller_rate, provider_rate),
-            down: Resampler::new(provider_rate, caller_rate),
+            down: Resampler::new(provider_out_rate, caller_rate),
             playout: Playout::new(cfg.playout, caller_rate.samples_per_ms()),
             caller_pcm: vec![0; MAX_BLOCK].into_boxed_slice(),
             resampled: vec![0; MAX_RESAMPLED].into_boxed_slice(),
@@ -206,6 +210,31 @@ impl Call {
             odd_byte: None,
             stats: CallStats::default(),
         }
+    }
+
+    /// Switch the provider side to `input` / `output` codecs (the call's provider
+    /// was chosen after the media session started). Called once at set-up, before
+    /// provider audio flows: it rebuilds the converters (allocates) and drops any
+    /// caller audio queued for the provider in the old codec.
+    pub fn set_provider_codecs(&mut self, input: Codec, output: Codec) {
+        if input == self.cfg.provider && output == self.cfg.provider_out {
+            return;
+        }
+        let caller_rate = self.cfg.caller.rate();
+        if input != self.cfg.provider {
+            self.up = Resampler::new(caller_rate, input.rate());
+            let need = PROVIDER_QUEUE_FRAMES * input.frame_bytes() * 2;
+            if self.to_provider.len() < need {
+                self.to_provider = vec![0; need].into_boxed_slice();
+            }
+            self.to_provider_len = 0;
+        }
+        if output != self.cfg.provider_out {
+            self.down = Resampler::new(output.rate(), caller_rate);
+            self.odd_byte = None;
+        }
+        self.cfg.provider = input;
+        self.cfg.provider_out = output;
     }
 
     /// The configuration the call was built with.
@@ -396,7 +425,7 @@ impl Call {
     }
 
     fn provider_audio(&mut self, payload: &[u8]) -> usize {
-        let codec = self.cfg.provider;
+        let codec = self.cfg.provider_out;
         let bps = codec.bytes_per_sample();
         let mut taken = 0;
         let mut rest = payload;

@@ -10,6 +10,7 @@ fn cfg(caller: Codec, provider: Codec) -> CallConfig {
     CallConfig {
         caller,
         provider,
+        provider_out: provider,
         playout: PlayoutConfig {
             jitter_buffer_ms: 2000,
             min_start_ms: 60,

@@ -202,6 +202,9 @@ pub(crate) fn strip_unknown_keys(
             format!("{path}.{key}")
         };
         match schema.get(&key) {
+            // `agents` is keyed by the operator's agent names; serde checks each
+            // agent's keys (deny_unknown_fields).
+            Some(Value::Object(_)) if full == "agents" => {}
             Some(Value::Object(sub_schema)) => match input.get_mut(&key) {
                 Some(Value::Object(sub_input)) => {
                     strip_unknown_keys(sub_input, sub_schema, &full, warnings, issues);

@@ -99,6 +99,8 @@ pub fn parse_str_with_env(
         config.health = de.block("health");
         config.default_provider = de.block("default_provider");
         config.providers = de.block("providers");
+        config.agents = de.block("agents");
+        config.provider_failure = de.block("provider_failure");
         config.engine = de.block("engine");
         config.limits = de.block("limits");
         config.logging = de.block("logging");

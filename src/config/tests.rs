@@ -453,3 +453,45 @@ fn control_workers_default_to_one_per_four_shards() {
     e.control_threads = 3;
     assert_eq!(e.control_workers(16), 3);
 }
+
+#[test]
+fn agents_and_provider_failure_blocks_load_and_validate() {
+    let yaml = "
+providers:
+  sim: {enabled: true}
+agents:
+  support: {provider: echo, prompt: 'Be brief.', greeting: Hello, voice: alloy}
+  sales: {}
+provider_failure: {reconnect: false, on_provider_failure: dialplan_redirect, context: operators, extension: '0'}
+";
+    let cfg = parse_str(yaml).unwrap().config;
+    assert_eq!(cfg.agents.len(), 2);
+    let a = &cfg.agents["support"];
+    assert_eq!(a.provider, Some(ProviderName::Echo));
+    assert_eq!(a.prompt.as_deref(), Some("Be brief."));
+    assert!(!cfg.provider_failure.reconnect);
+    assert_eq!(
+        cfg.provider_failure.on_provider_failure,
+        OnProviderFailure::DialplanRedirect
+    );
+    assert_eq!(cfg.provider_failure.context.as_deref(), Some("operators"));
+
+    // An unknown key inside an agent, a disabled provider, a redirect with no
+    // context anywhere: each is an issue naming its key.
+    let bad = "
+agents:
+  support: {provider: deepgram, promt: typo}
+provider_failure: {on_provider_failure: dialplan_redirect}
+";
+    let err = parse_str(bad).unwrap_err().to_string();
+    assert!(err.contains("agents"), "{err}");
+    assert!(err.contains("promt"), "{err}");
+    let bad = "
+agents:
+  support: {provider: deepgram}
+provider_failure: {on_provider_failure: dialplan_redirect}
+";
+    let err = parse_str(bad).unwrap_err().to_string();
+    assert!(err.contains("agents.support.provider"), "{err}");
+    assert!(err.contains("provider_failure.context"), "{err}");
+}

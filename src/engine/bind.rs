@@ -86,6 +86,12 @@ pub enum AgentAction {
         /// Extension.
         exten: String,
     },
+    /// The provider failed: play `media` to the caller, then hang up when it has
+    /// played (`provider_failure.on_provider_failure: announce_hangup`).
+    AnnounceHangup {
+        /// ARI media URI of the apology prompt.
+        media: String,
+    },
 }
 
 /// The dispatcher's answer for an arriving media session.

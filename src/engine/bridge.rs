@@ -190,11 +190,13 @@ pub enum EndReason {
     Replaced,
     /// voxd did not originate this media session (ARI on, unknown UUID or source).
     Refused,
+    /// The provider failed and could not be resumed (`provider_failure` policy).
+    ProviderFailed,
 }
 
 impl EndReason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [EndReason; 7] = [
+    pub const ALL: [EndReason; 8] = [
         EndReason::CallerHangup,
         EndReason::AgentHangup,
         EndReason::IdleTimeout,
@@ -202,6 +204,7 @@ impl EndReason {
         EndReason::Shutdown,
         EndReason::Replaced,
         EndReason::Refused,
+        EndReason::ProviderFailed,
     ];
 
     /// The metric label / log value.
@@ -214,6 +217,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::Replaced => "replaced",
             EndReason::Refused => "refused",
+            EndReason::ProviderFailed => "provider_failed",
         }
     }
 }
@@ -312,6 +316,16 @@ pub enum ToShard {
     SpeechStarted {
         /// The call.
         call: CallKey,
+    },
+    /// The call's provider uses these codecs (sent once, before its audio, when
+    /// they differ from the shard's default for the transport).
+    ProviderCodecs {
+        /// The call.
+        call: CallKey,
+        /// Audio to the provider.
+        input: Codec,
+        /// Audio from the provider.
+        output: Codec,
     },
     /// End the call.
     Hangup {

@@ -33,9 +33,12 @@ use super::bridge::{
     AudioChunk, BridgeError, CallInfo, CallKey, ControlEnd, EndReason, ToControl, ToShard,
     Transport, CHUNK_BYTES,
 };
+use crate::call::Codec;
+use crate::config::{OnProviderFailure, ProviderFailureConfig};
 use crate::media::slab::FrameSlab;
 use crate::provider::{
-    AgentEvent, CallerEvent, Registry, SessionIo, SessionMeta, EVENTS_CAPACITY, OUT_CAPACITY,
+    AgentEvent, CallerEvent, Fault, Provider, ProviderError, Registry, Role, SessionEnd, SessionIo,
+    SessionMeta, EVENTS_CAPACITY, OUT_CAPACITY,
 };
 
 /// Counters of the control side (shared with whoever reports them).
@@ -52,6 +55,32 @@ pub struct ControlStats {
     /// Messages to a shard that waited because its ring was full (retried in order,
     /// never dropped).
     pub shard_ring_full: AtomicU64,
+    /// Provider sessions that ended with an error mid-call.
+    pub provider_failures: AtomicU64,
+    /// Fast reconnects after a provider failure (`provider_failure.reconnect`).
+    pub provider_reconnects: AtomicU64,
+    /// Calls handed to the `on_provider_failure` policy.
+    pub failure_policy_applied: AtomicU64,
+    /// Barge-ins (local and provider-driven) passed to sessions.
+    pub barge_ins: AtomicU64,
+}
+
+/// Transcript kept per call for a reconnecting session, at most (bytes of text;
+/// the oldest lines go first).
+const HISTORY_BYTES: usize = 16 * 1024;
+
+/// What a session's forwarding task tells the dispatcher.
+#[derive(Debug)]
+enum SessionMsg {
+    /// An agent event of the session.
+    Event(AgentEvent),
+    /// The session (of the given attempt) returned.
+    Ended {
+        /// [`SessionMeta::attempt`] of the session that ended.
+        attempt: u32,
+        /// How it ended.
+        end: SessionEnd,
+    },
 }
 
 /// How long an RTP session nobody expects waits for the ARI response that names
@@ -158,6 +187,18 @@ const CALLER_SLAB_BYTES: usize = 4096;
 
 struct Session {
     events: mpsc::Sender<CallerEvent>,
+    /// The provider serving the call (kept for a reconnect).
+    provider: Arc<dyn Provider>,
+    /// Facts for a new session of the same call.
+    caller_codec: Codec,
+    agent: Option<String>,
+    /// 0, then 1 after the one fast reconnect.
+    attempt: u32,
+    /// Final transcript lines so far (bounded by [`HISTORY_BYTES`]).
+    history: VecDeque<(Role, String)>,
+    history_bytes: usize,
+    /// The provider failed for good and the policy left the call open: no agent.
+    agentless: bool,
     /// Caller frames become `Bytes` here without an allocation per frame.
     slab: FrameSlab,
     uuid: Option<[u8; 16]>,
@@ -179,9 +220,11 @@ struct Dispatcher {
     peers: Arc<Peers>,
     ari: Option<AriMode>,
     sessions: HashMap<CallKey, Session>,
+    /// What to do when a provider fails.
+    policy: ProviderFailureConfig,
     /// RTP sessions waiting for their binding: since when, and their facts.
     parked: HashMap<CallKey, (Instant, CallInfo)>,
-    agent_tx: mpsc::Sender<(CallKey, AgentEvent)>,
+    agent_tx: mpsc::Sender<(CallKey, SessionMsg)>,
     /// Control messages for the shard that found its ring full, in order.
     retry: VecDeque<ToShard>,
     /// Calls whose agent audio stopped on a full ring (pumped again next turn).
@@ -201,8 +244,9 @@ pub async fn run(
     peers: Arc<Peers>,
     mut cmds: mpsc::Receiver<ControlCmd>,
     ari: Option<AriMode>,
+    policy: ProviderFailureConfig,
 ) {
-    let (agent_tx, mut agent_rx) = mpsc::channel::<(CallKey, AgentEvent)>(1024);
+    let (agent_tx, mut agent_rx) = mpsc::channel::<(CallKey, SessionMsg)>(1024);
     let mut d = Dispatcher {
         ctrl,
         registry,
@@ -211,6 +255,7 @@ pub async fn run(
         peers,
         ari,
         sessions: HashMap::new(),
+        policy,
         parked: HashMap::new(),
         agent_tx,
         retry: VecDeque::new(),
@@ -235,10 +280,10 @@ pub async fn run(
                 }
             }
             Some(cmd) = cmds.recv() => d.on_command(cmd),
-            Some((call, ev)) = agent_rx.recv() => {
-                d.on_agent_event(call, ev);
-                while let Ok((call, ev)) = agent_rx.try_recv() {
-                    d.on_agent_event(call, ev);
+            Some((call, msg)) = agent_rx.recv() => {
+                d.on_session_msg(call, msg);
+                while let Ok((call, msg)) = agent_rx.try_recv() {
+                    d.on_session_msg(call, msg);
                 }
             }
             _ = sweep.tick(), if !d.parked.is_empty() || !d.retry.is_empty() || !d.stalled.is_empty() => d.sweep_parked(),
@@ -356,7 +401,7 @@ impl Dispatcher {
         match msg {
             ToControl::CallStarted { call, info } => self.on_call_started(call, info),
             ToControl::CallerAudio { call, chunk } => {
-                if let Some(s) = self.sessions.get_mut(&call) {
+                if let Some(s) = self.sessions.get_mut(&call).filter(|s| !s.agentless) {
                     let frame = s.slab.copy(chunk.as_slice());
                     if s.events.try_send(CallerEvent::Audio(frame)).is_err() {
                         self.stats
@@ -378,9 +423,11 @@ impl Dispatcher {
                 if let Some(s) = self.sessions.get_mut(&call) {
                     s.backlog.clear();
                     s.inflight_bytes = 0;
-                    if !from_provider {
-                        let _ = s.events.try_send(CallerEvent::BargeIn { played_ms });
-                    }
+                    self.stats.barge_ins.fetch_add(1, Ordering::Relaxed);
+                    // After a provider-driven barge-in too: the provider truncates
+                    // its item to what the caller heard.
+                    let _ = from_provider;
+                    let _ = s.events.try_send(CallerEvent::BargeIn { played_ms });
                 }
             }
             ToControl::Played { call, ms } => {
@@ -446,7 +493,8 @@ impl Dispatcher {
 
     fn start_session(&mut self, call: CallKey, info: CallInfo, binding: Option<Binding>) {
         let requested = binding.as_ref().and_then(|b| b.provider.as_deref());
-        let provider = match self.registry.resolve(requested) {
+        let agent = binding.as_ref().and_then(|b| b.agent.clone());
+        let provider = match self.registry.resolve_for(requested, agent.as_deref()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(%call, error = %e, "no provider for the call; hanging up");
@@ -462,38 +510,28 @@ impl Dispatcher {
                 return;
             }
         };
-        let (io, mut peer) = SessionIo::pair(EVENTS_CAPACITY, OUT_CAPACITY);
+        // The provider is chosen per call: tell the shard its codecs first (before
+        // any agent audio) when they differ from the shard's default.
+        let formats = provider.formats(info.caller_codec);
+        if formats.input != info.provider_codec || formats.output != info.provider_codec {
+            self.push_control(ToShard::ProviderCodecs {
+                call,
+                input: formats.input,
+                output: formats.output,
+            });
+        }
         let meta = SessionMeta {
             call_id: call.as_u64(),
             caller_codec: info.caller_codec,
-            agent: binding.as_ref().and_then(|b| b.agent.clone()),
+            agent: agent.clone(),
             started_at_ms: 0,
             attempt: 0,
             history: Vec::new(),
         };
-        provider.start(meta, io);
+        let events = spawn_session(call, &provider, meta, self.agent_tx.clone());
         self.stats.sessions_started.fetch_add(1, Ordering::Relaxed);
-        let tx = self.agent_tx.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = peer.out.recv().await {
-                if tx.send((call, ev)).await.is_err() {
-                    return;
-                }
-            }
-            // The session ended by itself (a fatal provider error, or it returned):
-            // end the call instead of leaving the caller in silence. After a normal
-            // hang-up the call is gone already and this is ignored.
-            let _ = tx
-                .send((
-                    call,
-                    AgentEvent::Hangup {
-                        reason: "provider session ended".into(),
-                    },
-                ))
-                .await;
-        });
-        let r = info.provider_codec.rate();
-        let bytes_per_ms = r.samples_per_ms() * info.provider_codec.bytes_per_sample();
+        let r = formats.output.rate();
+        let bytes_per_ms = r.samples_per_ms() * formats.output.bytes_per_sample();
         if let Some(uuid) = info.uuid {
             if let Some(old) = self.peers.claim(uuid, call) {
                 tracing::info!(%call, %old, "same AudioSocket UUID reconnected: replacing the old call");
@@ -510,7 +548,14 @@ impl Dispatcher {
         self.sessions.insert(
             call,
             Session {
-                events: peer.events,
+                events,
+                provider,
+                caller_codec: info.caller_codec,
+                agent,
+                attempt: 0,
+                history: VecDeque::new(),
+                history_bytes: 0,
+                agentless: false,
                 slab: FrameSlab::new(CALLER_SLAB_BYTES),
                 uuid: info.uuid,
                 backlog: VecDeque::new(),
@@ -519,6 +564,97 @@ impl Dispatcher {
                 binding,
             },
         );
+    }
+
+    fn on_session_msg(&mut self, call: CallKey, msg: SessionMsg) {
+        match msg {
+            SessionMsg::Event(ev) => self.on_agent_event(call, ev),
+            SessionMsg::Ended { attempt, end } => self.on_session_end(call, attempt, end),
+        }
+    }
+
+    /// A session returned. After a caller hang-up the call is gone and this is
+    /// ignored; a clean end by the agent ends the call; a failure gets one fast
+    /// reconnect (provider faults, `provider_failure.reconnect`), then the policy.
+    fn on_session_end(&mut self, call: CallKey, attempt: u32, end: SessionEnd) {
+        let Some(s) = self.sessions.get_mut(&call) else {
+            return;
+        };
+        if s.attempt != attempt || s.agentless {
+            return;
+        }
+        let Some(error) = end.error else {
+            tracing::info!(%call, reason = end.reason.as_str(), "provider session ended; ending the call");
+            self.hang_up(call, EndReason::AgentHangup);
+            return;
+        };
+        self.stats.provider_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            %call,
+            provider = s.provider.name(),
+            attempt,
+            fault = error.fault().as_str(),
+            kind = error.label(),
+            error = %error,
+            "provider session failed"
+        );
+        if self.policy.reconnect && attempt == 0 && error.fault() == Fault::Provider {
+            self.stats
+                .provider_reconnects
+                .fetch_add(1, Ordering::Relaxed);
+            let meta = SessionMeta {
+                call_id: call.as_u64(),
+                caller_codec: s.caller_codec,
+                agent: s.agent.clone(),
+                started_at_ms: 0,
+                attempt: 1,
+                history: s.history.iter().cloned().collect(),
+            };
+            s.attempt = 1;
+            s.events = spawn_session(call, &s.provider, meta, self.agent_tx.clone());
+            tracing::info!(%call, provider = s.provider.name(), "reconnecting the provider once");
+            return;
+        }
+        self.apply_failure_policy(call);
+    }
+
+    /// `provider_failure.on_provider_failure` for a call whose provider is gone.
+    fn apply_failure_policy(&mut self, call: CallKey) {
+        let Some(s) = self.sessions.get_mut(&call) else {
+            return;
+        };
+        s.agentless = true;
+        self.stats
+            .failure_policy_applied
+            .fetch_add(1, Ordering::Relaxed);
+        let policy = self.policy.on_provider_failure;
+        let action = match policy {
+            OnProviderFailure::AnnounceHangup => Some(AgentAction::AnnounceHangup {
+                media: self.policy.prompt.clone(),
+            }),
+            OnProviderFailure::DialplanRedirect => Some(AgentAction::Transfer {
+                context: self.policy.context.clone(),
+                exten: self.policy.extension.clone(),
+            }),
+            OnProviderFailure::LeaveOpen => None,
+        };
+        let Some(action) = action else {
+            tracing::warn!(%call, "provider failed; leaving the call open without an agent (on_provider_failure: leave_open)");
+            return;
+        };
+        match &s.binding {
+            Some(b) => {
+                tracing::warn!(%call, ?policy, "provider failed; applying on_provider_failure");
+                let _ = b.events.try_send(MediaEvent::Action {
+                    caller: b.caller.clone(),
+                    action,
+                });
+            }
+            None => {
+                tracing::warn!(%call, ?policy, "provider failed and the call has no ARI control (no prompt, no redirect possible); hanging up");
+                self.hang_up(call, EndReason::ProviderFailed);
+            }
+        }
     }
 
     fn on_agent_event(&mut self, call: CallKey, ev: AgentEvent) {
@@ -571,9 +707,53 @@ impl Dispatcher {
             AgentEvent::Error { error } => {
                 tracing::warn!(%call, error = %error, "provider error");
             }
+            AgentEvent::Transcript {
+                role,
+                text,
+                is_final: true,
+            } => {
+                s.history_bytes += text.len();
+                s.history.push_back((role, text));
+                while s.history_bytes > HISTORY_BYTES {
+                    match s.history.pop_front() {
+                        Some((_, t)) => s.history_bytes -= t.len(),
+                        None => break,
+                    }
+                }
+            }
             AgentEvent::Transcript { .. } | AgentEvent::ResponseDone => {}
         }
     }
+}
+
+/// Start one provider session of `call` and the task that forwards its agent
+/// events to the dispatcher, then reports how it ended. Returns the sender of
+/// caller events into the session.
+fn spawn_session(
+    call: CallKey,
+    provider: &Arc<dyn Provider>,
+    meta: SessionMeta,
+    tx: mpsc::Sender<(CallKey, SessionMsg)>,
+) -> mpsc::Sender<CallerEvent> {
+    let (io, mut peer) = SessionIo::pair(EVENTS_CAPACITY, OUT_CAPACITY);
+    let attempt = meta.attempt;
+    let handle = provider.start(meta, io);
+    tokio::spawn(async move {
+        while let Some(ev) = peer.out.recv().await {
+            if tx.send((call, SessionMsg::Event(ev))).await.is_err() {
+                return;
+            }
+        }
+        let end = match handle.await {
+            Ok(end) => end,
+            Err(e) => SessionEnd::failed(ProviderError::Internal {
+                name: "session".into(),
+                message: format!("the session task did not finish: {e}"),
+            }),
+        };
+        let _ = tx.send((call, SessionMsg::Ended { attempt, end })).await;
+    });
+    peer.events
 }
 
 /// Why [`pump`] stopped.

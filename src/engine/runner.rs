@@ -135,6 +135,7 @@ pub fn call_template(cfg: &Config) -> CallConfig {
     CallConfig {
         caller: Codec::Pcmu,
         provider: Codec::Pcmu,
+        provider_out: Codec::Pcmu,
         playout: PlayoutConfig {
             jitter_buffer_ms: s.jitter_buffer_ms,
             min_start_ms: s.min_start_ms,
@@ -307,6 +308,7 @@ impl Engine {
                 peers.clone(),
                 cmds,
                 ari.clone(),
+                cfg.provider_failure.clone(),
             )));
         }
         Ok(Engine {

@@ -276,6 +276,7 @@ impl Shard {
         let cfg = CallConfig {
             caller,
             provider,
+            provider_out: provider,
             ..self.spec.call_template
         };
         self.slots[slot as usize].live = Some(Live {
@@ -681,6 +682,18 @@ impl Shard {
                 ToShard::AgentAudioDone { call } => (*call, Some(Input::ProviderAudioDone)),
                 ToShard::SpeechStarted { call } => {
                     (*call, Some(Input::ProviderSpeechStarted { at_ms: now }))
+                }
+                ToShard::ProviderCodecs {
+                    call,
+                    input,
+                    output,
+                } => {
+                    if self.is_current(*call) {
+                        if let Some(live) = self.slots[call.slot() as usize].live.as_mut() {
+                            live.call.set_provider_codecs(*input, *output);
+                        }
+                    }
+                    (*call, None)
                 }
                 ToShard::Hangup { call, reason } => {
                     if self.is_current(*call) {

@@ -428,6 +428,8 @@ pub struct Registry {
     providers: Vec<Arc<dyn Provider>>,
     default: String,
     sim_enabled: bool,
+    /// `agents.<name>.provider`, for agents that name one.
+    agent_providers: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -464,6 +466,11 @@ impl Registry {
             providers,
             default: cfg.default_provider.as_str().to_string(),
             sim_enabled: p.sim.enabled,
+            agent_providers: cfg
+                .agents
+                .iter()
+                .filter_map(|(name, a)| a.provider.map(|p| (name.clone(), p.as_str().to_string())))
+                .collect(),
         };
         registry.default_provider()?;
         Ok(registry)
@@ -504,6 +511,25 @@ impl Registry {
         match requested.map(str::trim) {
             Some(name) if !name.is_empty() => self.get(name),
             _ => self.default_provider(),
+        }
+    }
+
+    /// The provider for a call that asked for `requested` (`AI_PROVIDER`) and
+    /// `agent` (`AI_AGENT`): `requested` when given and non-empty, else the
+    /// agent's configured provider, else the default. An agent name the
+    /// configuration does not know gets the default (and the provider's own
+    /// settings).
+    pub fn resolve_for(
+        &self,
+        requested: Option<&str>,
+        agent: Option<&str>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        match requested.map(str::trim) {
+            Some(name) if !name.is_empty() => self.get(name),
+            _ => match agent.and_then(|a| self.agent_providers.get(a.trim())) {
+                Some(name) => self.get(name),
+                None => self.default_provider(),
+            },
         }
     }
 
@@ -584,6 +610,27 @@ mod tests {
             from_config(&cfg),
             Err(ProviderError::Disabled { .. })
         ));
+    }
+
+    #[test]
+    fn agent_selects_its_provider_unless_the_dialplan_names_one() {
+        let cfg = crate::config::parse_str(
+            "agents: {support: {provider: echo}, sales: {prompt: hi}}\ndefault_provider: sim\n",
+        )
+        .unwrap()
+        .config;
+        let reg = from_config(&cfg).unwrap();
+        let name = |p: Option<&str>, a: Option<&str>| reg.resolve_for(p, a).unwrap().name();
+        assert_eq!(name(None, Some("support")), "echo");
+        assert_eq!(
+            name(Some("sim"), Some("support")),
+            "sim",
+            "AI_PROVIDER wins"
+        );
+        assert_eq!(name(Some(" "), Some("support")), "echo");
+        assert_eq!(name(None, Some("sales")), "sim", "agent without provider");
+        assert_eq!(name(None, Some("nobody")), "sim", "unknown agent: default");
+        assert_eq!(name(None, None), "sim");
     }
 
     #[test]

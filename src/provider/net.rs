@@ -125,9 +125,15 @@ pub async fn connect(
     } else {
         Some(Connector::Plain)
     };
-    let mut ws_cfg = WebSocketConfig::default();
-    ws_cfg.max_message_size = Some(MAX_MESSAGE_BYTES);
-    ws_cfg.max_frame_size = Some(MAX_MESSAGE_BYTES);
+    let ws_cfg = WebSocketConfig {
+        max_message_size: Some(MAX_MESSAGE_BYTES),
+        max_frame_size: Some(MAX_MESSAGE_BYTES),
+        // Writes wait (back-pressure) once 128 KiB are queued; the hard cap only
+        // bounds memory if a caller ignores that.
+        write_buffer_size: 128 * 1024,
+        max_write_buffer_size: 2 * MAX_MESSAGE_BYTES,
+        ..WebSocketConfig::default()
+    };
     let fut = tokio_tungstenite::connect_async_tls_with_config(req, Some(ws_cfg), true, connector);
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(ProviderError::Timeout {

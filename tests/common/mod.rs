@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod rig;
+
 /// A deterministic signal with no zero samples, so silence is told apart sample by
 /// sample (the playout pads a partial last frame with zeros).
 pub fn signal(n: usize, seed: u32) -> Vec<i16> {
