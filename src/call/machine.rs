@@ -133,6 +133,46 @@ pub enum CallError {
     EmptyCallerPayload,
 }
 
+/// Upper bounds (ms) of the barge-in reaction buckets: from the barge-in (provider
+/// `speech_started` received, or the caller frame that tripped the local detector)
+/// to the first frame of silence on the wire. The last bucket is everything above.
+pub const BARGE_IN_BUCKETS_MS: [u64; 7] = [5, 10, 20, 40, 80, 160, 320];
+
+/// Barge-in reaction times, counted per [`BARGE_IN_BUCKETS_MS`] bucket (plus one
+/// for "above"), with their sum: a Prometheus histogram's raw parts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReactionHistogram {
+    /// Count per bucket (not cumulative); index 7 is above 320 ms.
+    pub buckets: [u64; 8],
+    /// Sum of all reactions, ms.
+    pub sum_ms: u64,
+}
+
+impl ReactionHistogram {
+    /// Count one reaction of `ms`.
+    pub fn record(&mut self, ms: u64) {
+        let i = BARGE_IN_BUCKETS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(BARGE_IN_BUCKETS_MS.len());
+        self.buckets[i] += 1;
+        self.sum_ms += ms;
+    }
+
+    /// Add another histogram's counts.
+    pub fn merge(&mut self, o: &ReactionHistogram) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+        self.sum_ms += o.sum_ms;
+    }
+
+    /// Reactions counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
 /// Counters of the whole call (the engine sums them per shard).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallStats {
@@ -148,6 +188,8 @@ pub struct CallStats {
     pub local_barge_ins: u64,
     /// Barge-ins from the provider.
     pub provider_barge_ins: u64,
+    /// Barge-in to silence on the wire, ms.
+    pub barge_in_reaction: ReactionHistogram,
     /// Playout counters.
     pub playout: PlayoutStats,
     /// Jitter buffer counters (RTP calls).
@@ -175,6 +217,8 @@ pub struct Call {
     to_caller: Box<[u8]>,
     caller_pending: Option<bool>,
     barge_in: Option<(u32, BargeInSource)>,
+    /// When the barge-in whose reaction is not measured yet happened, ms.
+    barge_in_at: Option<u64>,
     wake: Option<u64>,
     next_tick: u64,
     odd_byte: Option<u8>,
@@ -205,6 +249,7 @@ impl Call {
             to_caller: vec![0; cfg.caller.frame_bytes()].into_boxed_slice(),
             caller_pending: None,
             barge_in: None,
+            barge_in_at: None,
             wake: Some(now_ms),
             next_tick: now_ms,
             odd_byte: None,
@@ -297,11 +342,12 @@ impl Call {
                 self.playout.mark_end();
                 Ok(0)
             }
-            Input::ProviderSpeechStarted { .. } => {
+            Input::ProviderSpeechStarted { at_ms } => {
                 let r = self.flush();
                 if r.was_active {
                     self.stats.provider_barge_ins += 1;
                     self.barge_in = Some((r.played_ms, BargeInSource::Provider));
+                    self.barge_in_at = Some(at_ms);
                 }
                 Ok(0)
             }
@@ -383,6 +429,7 @@ impl Call {
             if r.was_active {
                 self.stats.local_barge_ins += 1;
                 self.barge_in = Some((r.played_ms, BargeInSource::Local));
+                self.barge_in_at = Some(at_ms);
             }
         }
         match raw {
@@ -482,6 +529,12 @@ impl Call {
         self.next_tick += u64::from(FRAME_MS);
         self.drain_jitter(at_ms);
         let outcome = self.playout.tick(at_ms, &mut self.tick_pcm);
+        if let Some(t0) = self.barge_in_at.take() {
+            // This frame is the first the caller gets after the flush.
+            self.stats
+                .barge_in_reaction
+                .record(at_ms.saturating_sub(t0));
+        }
         let marker = matches!(outcome, TickOutcome::Audio { first: true });
         self.cfg.caller.encode(&self.tick_pcm, &mut self.to_caller);
         self.caller_pending = Some(marker);

@@ -14,7 +14,10 @@ pub mod codec;
 pub mod machine;
 
 pub use codec::Codec;
-pub use machine::{BargeInSource, Call, CallConfig, CallError, CallStats, Input, Output};
+pub use machine::{
+    BargeInSource, Call, CallConfig, CallError, CallStats, Input, Output, ReactionHistogram,
+    BARGE_IN_BUCKETS_MS,
+};
 
 #[cfg(test)]
 mod tests;

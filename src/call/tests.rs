@@ -200,7 +200,8 @@ fn provider_barge_in_stops_agent_audio_on_the_next_frame() {
         poll_all(&mut call);
         t += 20;
     }
-    call.handle_input(Input::ProviderSpeechStarted { at_ms: t })
+    // speech_started reached voxd 7 ms before the next pacing slot.
+    call.handle_input(Input::ProviderSpeechStarted { at_ms: t - 7 })
         .unwrap();
     let r = poll_all(&mut call);
     assert_eq!(
@@ -208,7 +209,15 @@ fn provider_barge_in_stops_agent_audio_on_the_next_frame() {
         vec![(1000, BargeInSource::Provider)],
         "50 frames were heard"
     );
+    assert_eq!(call.stats().barge_in_reaction.count(), 0);
     call.handle_input(Input::Tick { at_ms: t }).unwrap();
+    let h = call.stats().barge_in_reaction;
+    assert_eq!(
+        (h.count(), h.sum_ms),
+        (1, 7),
+        "reaction = to the next frame"
+    );
+    assert_eq!(h.buckets[1], 1, "in the 5-10 ms bucket");
     let r = poll_all(&mut call);
     assert!(
         r.to_caller[0].0.iter().all(|&b| b == 0xFF),
@@ -219,6 +228,8 @@ fn provider_barge_in_stops_agent_audio_on_the_next_frame() {
     call.handle_input(Input::ProviderSpeechStarted { at_ms: t })
         .unwrap();
     assert!(poll_all(&mut call).barge_ins.is_empty());
+    call.handle_input(Input::Tick { at_ms: t + 20 }).unwrap();
+    assert_eq!(call.stats().barge_in_reaction.count(), 1, "not measured");
 }
 
 #[test]

@@ -316,6 +316,9 @@ pub enum ToShard {
     SpeechStarted {
         /// The call.
         call: CallKey,
+        /// When the control side received it ([`super::io::monotonic_ms`]), for
+        /// the barge-in reaction metric.
+        at_ms: u64,
     },
     /// The call's provider uses these codecs (sent once, before its audio, when
     /// they differ from the shard's default for the transport).
@@ -930,7 +933,11 @@ mod tests {
         assert_eq!(s.drain_wake(), 0);
         assert!(!c.notify_shard());
         for _ in 0..3 {
-            c.push(ToShard::SpeechStarted { call: key(2) }).unwrap();
+            c.push(ToShard::SpeechStarted {
+                call: key(2),
+                at_ms: 0,
+            })
+            .unwrap();
         }
         assert!(c.notify_shard());
         assert!(!c.notify_shard());

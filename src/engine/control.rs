@@ -673,7 +673,8 @@ impl Dispatcher {
             AgentEvent::SpeechStarted => {
                 s.backlog.clear();
                 s.inflight_bytes = 0;
-                self.push_control(ToShard::SpeechStarted { call });
+                let at_ms = super::io::monotonic_ms();
+                self.push_control(ToShard::SpeechStarted { call, at_ms });
             }
             AgentEvent::Hangup { reason } => {
                 tracing::info!(%call, %reason, "agent ended the call");

@@ -91,6 +91,8 @@ pub struct ShardStats {
     pub bridge_dropped: u64,
     /// Agent audio bytes the playout could not take.
     pub agent_audio_dropped: u64,
+    /// Barge-in to silence on the wire, of the calls that ended.
+    pub barge_in_reaction: crate::call::ReactionHistogram,
 }
 
 enum Media {
@@ -328,6 +330,9 @@ impl Shard {
                 self.by_peer.remove(&peer);
             }
         }
+        self.stats
+            .barge_in_reaction
+            .merge(&live.call.stats().barge_in_reaction);
         self.timer.cancel(slot);
         self.free.push(slot);
         self.stats.calls_ended += 1;
@@ -680,9 +685,12 @@ impl Shard {
                     }),
                 ),
                 ToShard::AgentAudioDone { call } => (*call, Some(Input::ProviderAudioDone)),
-                ToShard::SpeechStarted { call } => {
-                    (*call, Some(Input::ProviderSpeechStarted { at_ms: now }))
-                }
+                ToShard::SpeechStarted { call, at_ms } => (
+                    *call,
+                    Some(Input::ProviderSpeechStarted {
+                        at_ms: (*at_ms).min(now),
+                    }),
+                ),
                 ToShard::ProviderCodecs {
                     call,
                     input,
