@@ -44,7 +44,8 @@ fn bench_ring(c: &mut Criterion) {
     c.bench_function("eventfd/control->shard push+notify+drain_wake+pop", |b| {
         let (mut s, mut ctl) = link(0, 1024).expect("eventfd");
         b.iter(|| {
-            ctl.push(ToShard::SpeechStarted { call }).expect("room");
+            ctl.push(ToShard::SpeechStarted { call, at_ms: 0 })
+                .expect("room");
             assert!(ctl.notify_shard());
             assert_eq!(s.drain_wake(), 1);
             black_box(s.pop());
