@@ -23,5 +23,6 @@ pub mod config;
 pub mod engine;
 pub mod loadgen;
 pub mod media;
+pub mod ops;
 pub mod provider;
 pub mod rng;

@@ -383,6 +383,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let provider_names: Vec<String> = registry.names().map(str::to_string).collect();
     rt.block_on(async move {
         let cfg = &loaded.config;
         let ari_mode = cfg.ari_enabled().then(|| voxd::engine::control::AriMode {
@@ -417,6 +418,50 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         if let Some(note) = &engine.backend_note {
             tracing::warn!("{note}");
         }
+        let health_addr = match std::net::ToSocketAddrs::to_socket_addrs(&(
+            cfg.health.host.as_str(),
+            cfg.health.port,
+        ))
+        .ok()
+        .and_then(|mut a| a.next())
+        {
+            Some(a) => a,
+            None => {
+                eprintln!("error: health.host `{}` does not resolve", cfg.health.host);
+                return ExitCode::from(1);
+            }
+        };
+        let inputs = voxd::ops::health::HealthInputs {
+            version: env!("CARGO_PKG_VERSION"),
+            io_backend: engine.backend.as_str(),
+            shards: engine.shards,
+            audiosocket: engine.audiosocket_addr,
+            rtp: engine.rtp_addr,
+            control: engine.control_stats.clone(),
+            ari: flow.as_ref().map(|f| voxd::ops::health::AriView {
+                connected: f.connected.clone(),
+                stats: f.stats.clone(),
+            }),
+            providers: provider_names
+                .iter()
+                .map(|n| voxd::ops::health::ProviderStatus {
+                    name: n.clone(),
+                    ready: true,
+                    reason: "configured".into(),
+                })
+                .collect(),
+        };
+        let health = match voxd::ops::health::HealthServer::start(health_addr, inputs).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: health endpoint on {health_addr}: {e} (health.host / health.port)");
+                if let Some(f) = flow {
+                    f.stop().await;
+                }
+                engine.stop().await;
+                return ExitCode::from(1);
+            }
+        };
         tracing::info!(
             audiosocket = %engine.audiosocket_addr,
             rtp = %engine.rtp_addr,
@@ -445,13 +490,19 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
                 }
             );
         }
+        eprintln!(
+            "voxd: health on http://{}/ (live, ready, health, metrics)",
+            health.addr
+        );
         wait_for_shutdown().await;
+        health.set_draining();
         tracing::info!("stopping: ending calls");
         if let Some(f) = flow {
             f.stop().await;
         }
         let stats = engine.stop().await;
         let calls: u64 = stats.iter().map(|s| s.calls_started).sum();
+        health.stop().await;
         tracing::info!(calls, "stopped");
         ExitCode::SUCCESS
     })

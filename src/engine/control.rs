@@ -46,6 +46,9 @@ use crate::provider::{
 pub struct ControlStats {
     /// Sessions started.
     pub sessions_started: AtomicU64,
+    /// Calls with a session that ended (`sessions_started - sessions_ended` calls
+    /// are up).
+    pub sessions_ended: AtomicU64,
     /// Sessions that could not start (provider error).
     pub sessions_failed: AtomicU64,
     /// Caller audio chunks dropped because a session was not keeping up.
@@ -292,6 +295,7 @@ pub async fn run(
         d.ctrl.notify_shard();
     }
     for (_, s) in d.sessions.drain() {
+        d.stats.sessions_ended.fetch_add(1, Ordering::Relaxed);
         let _ = s.events.try_send(CallerEvent::Hangup);
     }
 }
@@ -445,6 +449,7 @@ impl Dispatcher {
                     }
                 }
                 if let Some(s) = self.sessions.remove(&call) {
+                    self.stats.sessions_ended.fetch_add(1, Ordering::Relaxed);
                     let _ = s.events.try_send(CallerEvent::Hangup);
                     if let Some(uuid) = s.uuid {
                         self.peers.release(uuid, call);

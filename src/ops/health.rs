@@ -1,0 +1,319 @@
+//! The health HTTP server on `health.host:port` (default 127.0.0.1:15000), with the
+//! reference engine's endpoints: `GET /live` ("ok" while the process serves
+//! HTTP), `GET /ready` (200 or 503 with `{ari_connected, transport_ok, provider_ok,
+//! draining, ready}`), `GET /health` (a JSON summary) and `GET /metrics`
+//! (Prometheus text).
+//!
+//! Owns: the axum server task on the control runtime, the draining flag, and how
+//! readiness is decided: listeners up, at least one provider able to serve calls,
+//! ARI connected when ARI is on, and not draining.
+//!
+//! Must not: block (every handler reads atomics and watches), expose per-call data
+//! or secrets, or keep the process alive after [`HealthServer::stop`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::metrics::Exposition;
+use crate::ari::flow::FlowStats;
+use crate::engine::control::ControlStats;
+
+/// The ARI side, when ARI is on.
+#[derive(Debug, Clone)]
+pub struct AriView {
+    /// `true` while the events WebSocket is connected.
+    pub connected: watch::Receiver<bool>,
+    /// The call flow's counters.
+    pub stats: Arc<FlowStats>,
+}
+
+/// A provider as `/health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderStatus {
+    /// Name (`sim`, `openai_realtime`, ...).
+    pub name: String,
+    /// Whether it can take calls.
+    pub ready: bool,
+    /// Why not, or a short description.
+    pub reason: String,
+}
+
+/// What the endpoints report, gathered at start-up.
+#[derive(Debug, Clone)]
+pub struct HealthInputs {
+    /// voxd's version.
+    pub version: &'static str,
+    /// The I/O backend in use (`epoll`, `io_uring`).
+    pub io_backend: &'static str,
+    /// Shard threads.
+    pub shards: usize,
+    /// The AudioSocket listener.
+    pub audiosocket: SocketAddr,
+    /// The RTP socket.
+    pub rtp: SocketAddr,
+    /// The control side's counters.
+    pub control: Arc<ControlStats>,
+    /// ARI, when on.
+    pub ari: Option<AriView>,
+    /// The providers of this build and configuration.
+    pub providers: Vec<ProviderStatus>,
+}
+
+struct Shared {
+    inputs: HealthInputs,
+    started: Instant,
+    draining: AtomicBool,
+}
+
+/// The running health server.
+pub struct HealthServer {
+    /// Where it listens (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HealthServer {
+    /// Bind `listen` and serve on the current runtime. Fails when the address cannot
+    /// be bound (in use, not local).
+    pub async fn start(listen: SocketAddr, inputs: HealthInputs) -> std::io::Result<HealthServer> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            inputs,
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+        });
+        let app = Router::new()
+            .route("/live", get(live))
+            .route("/ready", get(ready))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .with_state(shared.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "health server failed");
+            }
+        });
+        Ok(HealthServer {
+            addr,
+            shared,
+            stop: Some(tx),
+            task,
+        })
+    }
+
+    /// From now on `/ready` answers 503 (`draining: true`): shutting down.
+    pub fn set_draining(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Stop serving and wait for the server task.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// The readiness facts.
+struct Readiness {
+    ari_enabled: bool,
+    ari_connected: bool,
+    transport_ok: bool,
+    provider_ok: bool,
+    draining: bool,
+}
+
+impl Readiness {
+    fn of(s: &Shared) -> Readiness {
+        let i = &s.inputs;
+        let ari_connected = i.ari.as_ref().is_some_and(|a| *a.connected.borrow());
+        Readiness {
+            ari_enabled: i.ari.is_some(),
+            ari_connected,
+            // The listeners are bound before the server starts and live as long as
+            // the engine; a stopped engine stops this server first.
+            transport_ok: true,
+            provider_ok: i.providers.iter().any(|p| p.ready),
+            draining: s.draining.load(Ordering::Relaxed),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.transport_ok
+            && self.provider_ok
+            && !self.draining
+            && (!self.ari_enabled || self.ari_connected)
+    }
+}
+
+fn active_calls(c: &ControlStats) -> u64 {
+    c.sessions_started
+        .load(Ordering::Relaxed)
+        .saturating_sub(c.sessions_ended.load(Ordering::Relaxed))
+}
+
+async fn live() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(s): State<Arc<Shared>>) -> Response {
+    let r = Readiness::of(&s);
+    let body = json!({
+        "ari_connected": r.ari_connected,
+        "ari_enabled": r.ari_enabled,
+        "transport_ok": r.transport_ok,
+        "provider_ok": r.provider_ok,
+        "draining": r.draining,
+        "ready": r.ready(),
+    });
+    let code = if r.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn health(State(s): State<Arc<Shared>>) -> Response {
+    let r = Readiness::of(&s);
+    let i = &s.inputs;
+    let providers: serde_json::Map<String, serde_json::Value> = i
+        .providers
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                json!({"ready": p.ready, "reason": p.reason}),
+            )
+        })
+        .collect();
+    let ari = i.ari.as_ref().map(|a| {
+        let st = &a.stats;
+        json!({
+            "connected": *a.connected.borrow(),
+            "asterisk_version": st.asterisk_version.lock().map(|v| v.clone()).unwrap_or(None),
+            "callers": st.callers.load(Ordering::Relaxed),
+            "setup_failures": st.setup_failures.load(Ordering::Relaxed),
+        })
+    });
+    let active = active_calls(&i.control);
+    let body = json!({
+        "status": if r.ready() { "healthy" } else { "degraded" },
+        "version": i.version,
+        "io_backend": i.io_backend,
+        "shards": i.shards,
+        "active_calls": active,
+        "uptime_seconds": s.started.elapsed().as_secs(),
+        "draining": r.draining,
+        "audiosocket": {"listening": true, "address": i.audiosocket.to_string(), "active_connections": active},
+        "external_media": {"listening": true, "address": i.rtp.to_string()},
+        "ari": ari,
+        "providers": providers,
+    });
+    axum::Json(body).into_response()
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let i = &s.inputs;
+    let c = &i.control;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut e = Exposition::new();
+    e.gauge(
+        "voxd_up",
+        "1 while voxd serves.",
+        &[(&[("version", i.version), ("io_backend", i.io_backend)], 1.0)],
+    );
+    e.gauge(
+        "voxd_uptime_seconds",
+        "Seconds since start.",
+        &[(&[], s.started.elapsed().as_secs_f64())],
+    );
+    e.gauge(
+        "ai_agent_active_calls",
+        "Calls with an agent session now.",
+        &[(&[], active_calls(c) as f64)],
+    );
+    e.counter(
+        "voxd_sessions_started_total",
+        "Provider sessions started.",
+        &[(&[], load(&c.sessions_started))],
+    );
+    e.counter(
+        "voxd_sessions_failed_total",
+        "Calls that found no provider.",
+        &[(&[], load(&c.sessions_failed))],
+    );
+    e.counter(
+        "voxd_caller_audio_dropped_total",
+        "Caller audio chunks dropped because a provider session did not keep up.",
+        &[(&[], load(&c.caller_audio_dropped))],
+    );
+    e.counter(
+        "voxd_media_refused_total",
+        "Media sessions refused because voxd did not originate them.",
+        &[(&[], load(&c.media_refused))],
+    );
+    e.counter(
+        "voxd_provider_failures_total",
+        "Provider sessions that failed mid-call.",
+        &[(&[], load(&c.provider_failures))],
+    );
+    e.counter(
+        "voxd_provider_reconnects_total",
+        "Fast reconnects after a provider failure.",
+        &[(&[], load(&c.provider_reconnects))],
+    );
+    e.counter(
+        "ai_agent_barge_in_events_total",
+        "Barge-ins (local and provider-driven).",
+        &[(&[], load(&c.barge_ins))],
+    );
+    let r = Readiness::of(&s);
+    e.gauge(
+        "voxd_ready",
+        "1 when /ready answers 200.",
+        &[(&[], if r.ready() { 1.0 } else { 0.0 })],
+    );
+    if let Some(a) = &i.ari {
+        e.gauge(
+            "voxd_ari_connected",
+            "1 while the ARI events WebSocket is connected.",
+            &[(&[], if *a.connected.borrow() { 1.0 } else { 0.0 })],
+        );
+        e.counter(
+            "voxd_ari_callers_total",
+            "Callers that entered the Stasis app.",
+            &[(&[], load(&a.stats.callers))],
+        );
+        e.counter(
+            "voxd_ari_setup_failures_total",
+            "Calls whose set-up failed.",
+            &[(&[], load(&a.stats.setup_failures))],
+        );
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        e.finish(),
+    )
+        .into_response()
+}

@@ -1,0 +1,189 @@
+//! `voxd serve`'s health endpoints, from outside the process: `/live`, `/ready`
+//! (including `ari_connected: false` while Asterisk is away, and true once it is
+//! back), `/health` and `/metrics` (checked by Prometheus' own `promtool`).
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use voxd::loadgen::ari_emu::{AriEmulator, EmuConfig};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Voxd(Child);
+
+impl Drop for Voxd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &Path, yaml: &str, env: &[(&str, &str)]) -> Voxd {
+    let cfg = dir.join("voxd.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voxd"));
+    cmd.args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("ASTERISK_ARI_USERNAME")
+        .env_remove("ASTERISK_ARI_PASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Voxd(cmd.spawn().expect("voxd starts"))
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.text().await.ok()?))
+}
+
+/// Poll `url` until `ok` holds for its answer.
+async fn until(url: &str, what: &str, ok: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some((code, body)) = get(url).await {
+            if ok(code, &body) {
+                return (code, body);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn yaml(health: u16, extra: &str) -> String {
+    format!(
+        "audiosocket: {{host: 127.0.0.1, port: {}}}\n\
+         external_media: {{rtp_host: 127.0.0.1, rtp_port: {}}}\n\
+         health: {{host: 127.0.0.1, port: {health}}}\n\
+         engine: {{shards: 1}}\n\
+         logging: {{level: warn}}\n{extra}",
+        free_port(),
+        free_port()
+    )
+}
+
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool rejected /metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn endpoints_answer_and_metrics_pass_promtool() {
+    let dir = std::env::temp_dir().join(format!("voxd-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let health = free_port();
+    let _voxd = serve(&dir, &yaml(health, ""), &[]);
+    let base = format!("http://127.0.0.1:{health}");
+    let (_, live) = until(&format!("{base}/live"), "live", |c, _| c == 200).await;
+    assert_eq!(live, "ok");
+    let (code, ready) = until(&format!("{base}/ready"), "ready", |c, _| c == 200).await;
+    assert_eq!(code, 200);
+    let r: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(r["ready"], true);
+    assert_eq!(
+        r["ari_enabled"], false,
+        "no ARI credentials: AudioSocket-only"
+    );
+    assert_eq!(r["provider_ok"], true);
+    assert_eq!(r["draining"], false);
+    let (_, h) = until(&format!("{base}/health"), "health", |c, _| c == 200).await;
+    let h: serde_json::Value = serde_json::from_str(&h).unwrap();
+    assert_eq!(h["status"], "healthy");
+    assert_eq!(h["shards"], 1);
+    assert_eq!(h["active_calls"], 0);
+    assert_eq!(h["io_backend"], "epoll");
+    assert_eq!(h["providers"]["sim"]["ready"], true);
+    assert!(h["ari"].is_null());
+    let (_, m) = until(&format!("{base}/metrics"), "metrics", |c, _| c == 200).await;
+    assert!(m.contains("ai_agent_active_calls 0"), "{m}");
+    assert!(
+        !m.contains("voxd_ari_connected"),
+        "no ARI series without ARI"
+    );
+    promtool_check(&m);
+}
+
+#[tokio::test]
+async fn ready_follows_the_ari_connection() {
+    let dir = std::env::temp_dir().join(format!("voxd-health-ari-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let health = free_port();
+    let ari_port = free_port();
+    let extra = format!("asterisk: {{enabled: true, host: 127.0.0.1, port: {ari_port}}}\n");
+    let _voxd = serve(
+        &dir,
+        &yaml(health, &extra),
+        &[
+            ("ASTERISK_ARI_USERNAME", "asterisk"),
+            ("ASTERISK_ARI_PASSWORD", "asterisk"),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{health}");
+    // Asterisk is not there: not ready, and it says why.
+    let (code, body) = until(&format!("{base}/ready"), "a /ready answer", |_, _| true).await;
+    assert_eq!(code, 503, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["ari_connected"], false);
+    assert_eq!(r["ari_enabled"], true);
+    assert_eq!(r["ready"], false);
+    let (_, m) = until(&format!("{base}/metrics"), "metrics", |c, _| c == 200).await;
+    assert!(m.contains("voxd_ari_connected 0"), "{m}");
+    promtool_check(&m);
+
+    // Asterisk comes up on that port: voxd reconnects (backoff) and is ready.
+    let emu = AriEmulator::start(EmuConfig {
+        bind: format!("127.0.0.1:{ari_port}").parse().unwrap(),
+        ..EmuConfig::default()
+    })
+    .await
+    .expect("emulator on the configured port");
+    let (_, body) = until(
+        &format!("{base}/ready"),
+        "ready after ARI connects",
+        |c, _| c == 200,
+    )
+    .await;
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["ari_connected"], true);
+    let (_, h) = until(&format!("{base}/health"), "health", |c, _| c == 200).await;
+    let h: serde_json::Value = serde_json::from_str(&h).unwrap();
+    assert_eq!(h["ari"]["connected"], true);
+    emu.stop().await;
+}
