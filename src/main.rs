@@ -494,9 +494,45 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             "voxd: health on http://{}/ (live, ready, health, metrics)",
             health.addr
         );
+        let notifier = std::sync::Arc::new(voxd::ops::sdnotify::Notifier::from_env());
+        if let Some(f) = &flow {
+            // READY once Asterisk is reachable too, but never hold start-up hostage
+            // to it: after 10 s voxd reports ready-but-degraded (/ready says why).
+            let mut c = f.connected.clone();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.wait_for(|v| *v))
+                .await;
+        }
+        notifier.notify("READY=1");
+        let status = tokio::spawn(status_loop(
+            notifier.clone(),
+            engine.lifecycle.clone(),
+            engine.control_stats.clone(),
+            flow.as_ref().map(|f| f.connected.clone()),
+        ));
         wait_for_shutdown().await;
+        notifier.notify("STOPPING=1");
         health.set_draining();
-        tracing::info!("stopping: ending calls");
+        engine.lifecycle.drain();
+        if let Some(f) = &flow {
+            f.drain();
+        }
+        let drain = std::time::Duration::from_secs(u64::from(cfg.shutdown.drain_seconds));
+        let active = engine.active_calls();
+        if active > 0 && !drain.is_zero() {
+            tracing::info!(active, drain_seconds = cfg.shutdown.drain_seconds, "draining: no new calls; waiting for calls to end (signal again to stop now)");
+            notifier.notify(&format!("STATUS=draining: {active} active calls"));
+            let wait = async {
+                while engine.active_calls() > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::timeout(drain, wait) => {}
+                _ = wait_for_shutdown() => tracing::info!("second signal: stopping now"),
+            }
+        }
+        status.abort();
+        tracing::info!(active = engine.active_calls(), "stopping: ending calls");
         if let Some(f) = flow {
             f.stop().await;
         }
@@ -506,6 +542,53 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         tracing::info!(calls, "stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// systemd STATUS every 5 s, and WATCHDOG pings while every shard loop turns.
+async fn status_loop(
+    notifier: std::sync::Arc<voxd::ops::sdnotify::Notifier>,
+    life: std::sync::Arc<voxd::engine::lifecycle::Lifecycle>,
+    control: std::sync::Arc<voxd::engine::control::ControlStats>,
+    ari: Option<tokio::sync::watch::Receiver<bool>>,
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let watchdog = voxd::ops::sdnotify::watchdog_interval();
+    let tick = watchdog
+        .map(|w| (w / 2).min(Duration::from_secs(5)))
+        .unwrap_or(Duration::from_secs(5));
+    let mut every = tokio::time::interval(tick);
+    let mut last_status = std::time::Instant::now() - Duration::from_secs(10);
+    let mut withheld = false;
+    loop {
+        every.tick().await;
+        if let Some(w) = watchdog {
+            let stale = life.stalest_ms(voxd::engine::io::monotonic_ms());
+            if u128::from(stale) < w.as_millis() / 2 {
+                notifier.notify("WATCHDOG=1");
+                withheld = false;
+            } else if !withheld {
+                tracing::error!(
+                    stale_ms = stale,
+                    "a shard loop has not turned; withholding the systemd watchdog ping"
+                );
+                withheld = true;
+            }
+        }
+        if last_status.elapsed() >= Duration::from_secs(5) {
+            last_status = std::time::Instant::now();
+            let active = control
+                .sessions_started
+                .load(Ordering::Relaxed)
+                .saturating_sub(control.sessions_ended.load(Ordering::Relaxed));
+            let ari = match &ari {
+                None => String::new(),
+                Some(c) if *c.borrow() => "; ARI connected".into(),
+                Some(_) => "; ARI disconnected".into(),
+            };
+            notifier.notify(&format!("STATUS={active} active calls{ari}"));
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM.

@@ -69,16 +69,19 @@ async fn until(url: &str, what: &str, ok: impl Fn(u16, &str) -> bool) -> (u16, S
     }
 }
 
-fn yaml(health: u16, extra: &str) -> String {
+fn yaml_with(health: u16, as_port: u16, extra: &str) -> String {
     format!(
-        "audiosocket: {{host: 127.0.0.1, port: {}}}\n\
+        "audiosocket: {{host: 127.0.0.1, port: {as_port}}}\n\
          external_media: {{rtp_host: 127.0.0.1, rtp_port: {}}}\n\
          health: {{host: 127.0.0.1, port: {health}}}\n\
          engine: {{shards: 1}}\n\
          logging: {{level: warn}}\n{extra}",
-        free_port(),
         free_port()
     )
+}
+
+fn yaml(health: u16, extra: &str) -> String {
+    yaml_with(health, free_port(), extra)
 }
 
 fn promtool_check(text: &str) {
@@ -186,4 +189,105 @@ async fn ready_follows_the_ari_connection() {
     let h: serde_json::Value = serde_json::from_str(&h).unwrap();
     assert_eq!(h["ari"]["connected"], true);
     emu.stop().await;
+}
+
+/// An AudioSocket caller: UUID, then 20 ms slin16 frames of a tone.
+fn audiosocket_call(port: u16, uuid: u8) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut hello = vec![0x01, 0, 16];
+    hello.extend_from_slice(&[uuid; 16]);
+    s.write_all(&hello).unwrap();
+    s
+}
+
+fn send_frame(s: &mut std::net::TcpStream) -> std::io::Result<()> {
+    let mut f = vec![0x12, 0x02, 0x80];
+    f.extend((0..320).flat_map(|i: i32| (((i % 40) - 20) as i16 * 500).to_le_bytes()));
+    s.write_all(&f)
+}
+
+/// Reads one frame header + payload; `None` at EOF.
+fn read_frame(s: &mut std::net::TcpStream) -> Option<(u8, usize)> {
+    use std::io::Read;
+    let mut h = [0u8; 3];
+    s.read_exact(&mut h).ok()?;
+    let len = usize::from(u16::from_be_bytes([h[1], h[2]]));
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).ok()?;
+    Some((h[0], len))
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_exits_zero() {
+    let dir = std::env::temp_dir().join(format!("voxd-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (health, as_port) = (free_port(), free_port());
+    let mut voxd = serve(
+        &dir,
+        &yaml_with(health, as_port, "shutdown: {drain_seconds: 60}\n"),
+        &[],
+    );
+    let base = format!("http://127.0.0.1:{health}");
+    until(&format!("{base}/ready"), "ready", |c, _| c == 200).await;
+    let mut call = tokio::task::spawn_blocking(move || {
+        let mut c = audiosocket_call(as_port, 7);
+        send_frame(&mut c).unwrap();
+        assert!(read_frame(&mut c).is_some(), "voxd answers the call");
+        c
+    })
+    .await
+    .unwrap();
+    until(&format!("{base}/health"), "one active call", |_, b| {
+        b.contains("\"active_calls\":1")
+    })
+    .await;
+
+    // SIGTERM: not ready any more, new calls refused, the call in progress goes on.
+    let pid = voxd.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (code, body) = until(&format!("{base}/ready"), "draining", |c, _| c == 503).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("\"draining\":true"), "{body}");
+    let (mut call, refused) = tokio::task::spawn_blocking(move || {
+        let mut late = audiosocket_call(as_port, 9);
+        let _ = send_frame(&mut late);
+        let refused = read_frame(&mut late).is_none();
+        for _ in 0..10 {
+            send_frame(&mut call).unwrap();
+            assert!(
+                read_frame(&mut call).is_some(),
+                "the call in progress goes on"
+            );
+        }
+        (call, refused)
+    })
+    .await
+    .unwrap();
+    assert!(refused, "a new call while draining is closed at once");
+    assert!(voxd.0.try_wait().unwrap().is_none(), "still draining");
+
+    // The last call ends: voxd exits 0 without waiting out drain_seconds.
+    call.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(call);
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(st) = voxd.0.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "voxd did not exit after its last call"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
 }

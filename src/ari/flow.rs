@@ -55,6 +55,8 @@ pub struct FlowStats {
     pub torn_down: AtomicU64,
     /// Media sessions that came up on a shard.
     pub media_up: AtomicU64,
+    /// Callers sent back to the dialplan because voxd was draining.
+    pub refused_draining: AtomicU64,
     /// Asterisk's version from `GET /ari/asterisk/info` at the last connect.
     pub asterisk_version: std::sync::Mutex<Option<String>>,
 }
@@ -123,6 +125,7 @@ pub struct AriFlow {
     pub connected: watch::Receiver<bool>,
     /// Counters.
     pub stats: Arc<FlowStats>,
+    draining: Arc<AtomicBool>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
     events_task: JoinHandle<()>,
@@ -155,6 +158,7 @@ impl AriFlow {
         let stats = Arc::new(FlowStats::default());
         let (media_tx, media_rx) = mpsc::channel(4096);
         let (int_tx, int_rx) = mpsc::channel(4096);
+        let draining = Arc::new(AtomicBool::new(false));
         let flow = Flow {
             cfg: FlowConfig::from(cfg, rtp_port, as_port),
             rest,
@@ -167,16 +171,25 @@ impl AriFlow {
             int_tx,
             rng: SplitMix64(seed()),
             announcing: HashMap::new(),
+            draining: draining.clone(),
         };
         let connected = conn_rx.clone();
         let task = tokio::spawn(flow.run(ev_rx, media_rx, int_rx, conn_rx, stop_rx, ev_stop_tx));
         Ok(AriFlow {
             connected,
             stats,
+            draining,
             shutdown: Some(stop_tx),
             task,
             events_task,
         })
+    }
+
+    /// Stop taking new callers (SIGTERM): a caller entering Stasis from now on is
+    /// sent back to the dialplan at its next priority (`continue`), where the
+    /// dialplan can try another voxd host; calls already up go on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Stop: tear down every call's ARI side (bridge, leg, and the caller, whose
@@ -253,6 +266,8 @@ struct Flow {
     /// Apology prompts playing before a hang-up (`announce_hangup`): playback id ->
     /// caller.
     announcing: HashMap<String, String>,
+    /// Set by [`AriFlow::drain`].
+    draining: Arc<AtomicBool>,
 }
 
 impl Flow {
@@ -321,6 +336,16 @@ impl Flow {
                     let rest = self.rest.clone();
                     tokio::spawn(async move {
                         ignore_gone(rest.hangup(&id, HangupReason::Normal).await, "media leg");
+                    });
+                } else if self.draining.load(Ordering::Relaxed) && !self.calls.contains_key(&id) {
+                    tracing::info!(caller = %id, "draining: caller sent back to the dialplan");
+                    self.stats.refused_draining.fetch_add(1, Ordering::Relaxed);
+                    let rest = self.rest.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = rest.continue_in_dialplan(&id, None, None, None).await {
+                            tracing::warn!(caller = %id, error = %e, "cannot send the caller back to the dialplan; hanging up");
+                            ignore_gone(rest.hangup(&id, HangupReason::Normal).await, "caller");
+                        }
                     });
                 } else if !self.calls.contains_key(&id) {
                     let agent = s.arg("agent").map(str::to_string);

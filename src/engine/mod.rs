@@ -11,6 +11,7 @@ pub mod bind;
 pub mod bridge;
 pub mod control;
 pub mod io;
+pub mod lifecycle;
 pub mod runner;
 pub mod shard;
 pub mod timer;

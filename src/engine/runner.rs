@@ -19,6 +19,7 @@ use super::allow::AllowList;
 use super::bridge;
 use super::control::{self, ControlStats, Peers};
 use super::io::{self, BackendChoice, BackendKind};
+use super::lifecycle::Lifecycle;
 use super::shard::{Shard, ShardSpec, ShardStats};
 use crate::call::{CallConfig, Codec};
 use crate::config::{AudioSocketFormat, Config, IoBackend, RtpCodec};
@@ -96,6 +97,8 @@ pub struct Engine {
     pub control_stats: Arc<ControlStats>,
     /// Reaches each shard's dispatcher (hang up a call, DTMF, bind a session).
     pub peers: Arc<Peers>,
+    /// Draining flag and shard heartbeats.
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 fn resolve(what: &'static str, host: &str, port: u16) -> Result<SocketAddr, EngineError> {
@@ -264,6 +267,7 @@ impl Engine {
         let credit_ms = (f64::from(cfg.streaming.jitter_buffer_ms) * CREDIT_SHARE) as u32;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
+        let lifecycle = Arc::new(Lifecycle::new(n, super::io::monotonic_ms()));
         let control_stats = Arc::new(ControlStats::default());
         let mut threads = Vec::with_capacity(n);
         let mut dispatchers = Vec::with_capacity(n);
@@ -285,13 +289,14 @@ impl Engine {
                 .map_err(EngineError::Setup)?;
             let core = cores.get(i % cores.len().max(1)).copied();
             let stop_t = stop.clone();
+            let life_t = lifecycle.clone();
             let t = std::thread::Builder::new()
                 .name(format!("voxd-shard-{i}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    shard.run(&stop_t)
+                    shard.run(&stop_t, &life_t)
                 })
                 .map_err(EngineError::Setup)?;
             threads.push(t);
@@ -322,7 +327,16 @@ impl Engine {
             shards: n,
             control_stats,
             peers,
+            lifecycle,
         })
+    }
+
+    /// Calls with an agent session now (all shards).
+    pub fn active_calls(&self) -> u64 {
+        let c = &self.control_stats;
+        c.sessions_started
+            .load(Ordering::Relaxed)
+            .saturating_sub(c.sessions_ended.load(Ordering::Relaxed))
     }
 
     /// Stop: every shard ends its calls (`Shutdown`) and exits; then the dispatchers

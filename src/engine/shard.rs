@@ -126,6 +126,8 @@ struct Live {
 /// A shard's state and loop. Build with `new`, run with `run` on its own thread.
 pub struct Shard {
     spec: ShardSpec,
+    /// Draining flag and heartbeat (set by [`Shard::run`]).
+    life: Option<Arc<super::lifecycle::Lifecycle>>,
     backend: AnyBackend,
     events: Events,
     timer: TimerWheel,
@@ -181,6 +183,7 @@ impl Shard {
             by_peer: HashMap::with_capacity(n),
             expired: Vec::with_capacity(n),
             events: Events::with_capacity(1024),
+            life: None,
             udp_rx: UdpBatch::new(64),
             udp_tx: UdpBatch::new(64),
             read_buf: vec![0; 64 * 1024].into_boxed_slice(),
@@ -212,9 +215,15 @@ impl Shard {
     }
 
     /// Run until `stop` is set; then end every call (`Shutdown`) and return.
-    pub fn run(&mut self, stop: &Arc<AtomicBool>) -> io::Result<ShardStats> {
+    pub fn run(
+        &mut self,
+        stop: &Arc<AtomicBool>,
+        life: &Arc<super::lifecycle::Lifecycle>,
+    ) -> io::Result<ShardStats> {
+        self.life = Some(life.clone());
         while !stop.load(Ordering::Relaxed) {
             let now = monotonic_ms();
+            life.beat(usize::from(self.spec.index), now);
             let timeout = match self.timer.next_deadline() {
                 Some(d) => d.saturating_sub(now).min(10) as u32,
                 None => 10,
@@ -270,6 +279,9 @@ impl Shard {
     }
 
     fn new_call(&mut self, caller: Codec, media: Media, now: u64) -> Option<u32> {
+        if self.life.as_ref().is_some_and(|l| l.is_draining()) {
+            return None;
+        }
         let slot = self.free.pop()?;
         let provider = match media {
             Media::AudioSocket { .. } => self.spec.audiosocket_provider_codec,
@@ -386,7 +398,7 @@ impl Shard {
             self.stats.refused += 1;
             tracing::warn!(
                 shard = self.spec.index,
-                "AudioSocket connection refused: shard at max_calls"
+                "AudioSocket connection refused: shard at max_calls, or draining"
             );
             return;
         };

@@ -10,3 +10,4 @@
 
 pub mod health;
 pub mod metrics;
+pub mod sdnotify;
