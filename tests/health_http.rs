@@ -253,7 +253,7 @@ async fn sigterm_drains_then_exits_zero() {
     let (code, body) = until(&format!("{base}/ready"), "draining", |c, _| c == 503).await;
     assert_eq!(code, 503);
     assert!(body.contains("\"draining\":true"), "{body}");
-    let (mut call, refused) = tokio::task::spawn_blocking(move || {
+    let (call, refused) = tokio::task::spawn_blocking(move || {
         let mut late = audiosocket_call(as_port, 9);
         let _ = send_frame(&mut late);
         let refused = read_frame(&mut late).is_none();
