@@ -277,7 +277,28 @@ pub enum ToControl {
         call: CallKey,
         /// Why.
         reason: EndReason,
+        /// Its media counters, for the call's log line.
+        summary: CallSummary,
     },
+}
+
+/// A call's media counters at its end (the shard's side of the call-end log line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallSummary {
+    /// From the first packet or connection to the end, ms.
+    pub duration_ms: u64,
+    /// Frames sent to the caller (audio and silence).
+    pub frames_to_caller: u64,
+    /// Times the agent's audio ran dry mid-utterance.
+    pub underflow_events: u64,
+    /// RTP packets received (0 for AudioSocket).
+    pub rtp_received: u64,
+    /// RTP packets lost.
+    pub rtp_lost: u64,
+    /// Barge-ins, local and provider-driven.
+    pub barge_ins: u64,
+    /// Pacing slots missed by more than the tolerance.
+    pub late_ticks: u64,
 }
 
 impl ToControl {

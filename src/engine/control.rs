@@ -68,6 +68,28 @@ pub struct ControlStats {
     pub barge_ins: AtomicU64,
 }
 
+/// Per-dispatcher settings from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct DispatchSettings {
+    /// `provider_failure`.
+    pub policy: ProviderFailureConfig,
+    /// `logging.pii`.
+    pub pii: bool,
+}
+
+/// A peer address in a log line: shown only with `logging.pii: true`.
+struct Redacted(std::net::SocketAddr, bool);
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.1 {
+            write!(f, "{}", self.0)
+        } else {
+            f.write_str("[redacted]")
+        }
+    }
+}
+
 /// Transcript kept per call for a reconnecting session, at most (bytes of text;
 /// the oldest lines go first).
 const HISTORY_BYTES: usize = 16 * 1024;
@@ -202,6 +224,8 @@ struct Session {
     history_bytes: usize,
     /// The provider failed for good and the policy left the call open: no agent.
     agentless: bool,
+    /// Agent utterances completed (for the call's log line).
+    turns: u32,
     /// Caller frames become `Bytes` here without an allocation per frame.
     slab: FrameSlab,
     uuid: Option<[u8; 16]>,
@@ -225,6 +249,8 @@ struct Dispatcher {
     sessions: HashMap<CallKey, Session>,
     /// What to do when a provider fails.
     policy: ProviderFailureConfig,
+    /// `logging.pii`: log peer addresses in the clear.
+    pii: bool,
     /// RTP sessions waiting for their binding: since when, and their facts.
     parked: HashMap<CallKey, (Instant, CallInfo)>,
     agent_tx: mpsc::Sender<(CallKey, SessionMsg)>,
@@ -247,7 +273,7 @@ pub async fn run(
     peers: Arc<Peers>,
     mut cmds: mpsc::Receiver<ControlCmd>,
     ari: Option<AriMode>,
-    policy: ProviderFailureConfig,
+    settings: DispatchSettings,
 ) {
     let (agent_tx, mut agent_rx) = mpsc::channel::<(CallKey, SessionMsg)>(1024);
     let mut d = Dispatcher {
@@ -258,7 +284,8 @@ pub async fn run(
         peers,
         ari,
         sessions: HashMap::new(),
-        policy,
+        policy: settings.policy,
+        pii: settings.pii,
         parked: HashMap::new(),
         agent_tx,
         retry: VecDeque::new(),
@@ -442,7 +469,11 @@ impl Dispatcher {
                     self.pump_call(call);
                 }
             }
-            ToControl::CallEnded { call, reason } => {
+            ToControl::CallEnded {
+                call,
+                reason,
+                summary,
+            } => {
                 if let Some((_, info)) = self.parked.remove(&call) {
                     if let Some(ari) = &self.ari {
                         ari.bindings.unpark(MediaKey::Rtp(info.remote), call);
@@ -450,6 +481,21 @@ impl Dispatcher {
                 }
                 if let Some(s) = self.sessions.remove(&call) {
                     self.stats.sessions_ended.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        %call,
+                        provider = s.provider.name(),
+                        agent = s.agent.as_deref().unwrap_or("-"),
+                        reason = reason.as_str(),
+                        duration_ms = summary.duration_ms,
+                        turns = s.turns,
+                        barge_ins = summary.barge_ins,
+                        underflows = summary.underflow_events,
+                        rtp_received = summary.rtp_received,
+                        rtp_lost = summary.rtp_lost,
+                        late_ticks = summary.late_ticks,
+                        provider_reconnected = s.attempt > 0,
+                        "call ended"
+                    );
                     let _ = s.events.try_send(CallerEvent::Hangup);
                     if let Some(uuid) = s.uuid {
                         self.peers.release(uuid, call);
@@ -462,7 +508,7 @@ impl Dispatcher {
                         });
                     }
                 }
-                tracing::debug!(%call, reason = reason.as_str(), "call ended");
+                tracing::debug!(%call, reason = reason.as_str(), "media session ended");
             }
         }
     }
@@ -549,7 +595,15 @@ impl Dispatcher {
                 call,
             });
         }
-        tracing::debug!(%call, transport = ?info.transport, provider = provider.name(), "call started");
+        tracing::info!(
+            %call,
+            transport = ?info.transport,
+            provider = provider.name(),
+            agent = agent.as_deref().unwrap_or("-"),
+            caller_codec = ?info.caller_codec,
+            remote = %Redacted(info.remote, self.pii),
+            "call started"
+        );
         self.sessions.insert(
             call,
             Session {
@@ -561,6 +615,7 @@ impl Dispatcher {
                 history: VecDeque::new(),
                 history_bytes: 0,
                 agentless: false,
+                turns: 0,
                 slab: FrameSlab::new(CALLER_SLAB_BYTES),
                 uuid: info.uuid,
                 backlog: VecDeque::new(),
@@ -672,6 +727,7 @@ impl Dispatcher {
                 self.pump_call(call);
             }
             AgentEvent::AudioDone => {
+                s.turns += 1;
                 s.backlog.push_back(Pending::Done);
                 self.pump_call(call);
             }

@@ -313,7 +313,10 @@ impl Engine {
                 peers.clone(),
                 cmds,
                 ari.clone(),
-                cfg.provider_failure.clone(),
+                control::DispatchSettings {
+                    policy: cfg.provider_failure.clone(),
+                    pii: cfg.logging.pii,
+                },
             )));
         }
         Ok(Engine {

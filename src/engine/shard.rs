@@ -24,7 +24,8 @@ use bytes::BytesMut;
 use super::allow::AllowList;
 use super::asconn::{AsConn, AsEvent};
 use super::bridge::{
-    AudioChunk, CallInfo, CallKey, EndReason, ShardEnd, ToControl, ToShard, Transport, CHUNK_BYTES,
+    AudioChunk, CallInfo, CallKey, CallSummary, EndReason, ShardEnd, ToControl, ToShard, Transport,
+    CHUNK_BYTES,
 };
 use super::io::{monotonic_ms, AnyBackend, Backend, Events, Interest};
 use super::io::{recv_batch, send_batch, UdpBatch};
@@ -121,6 +122,7 @@ struct Live {
     call: Call,
     media: Media,
     played_frames_reported: u64,
+    started_ms: u64,
 }
 
 /// A shard's state and loop. Build with `new`, run with `run` on its own thread.
@@ -297,6 +299,7 @@ impl Shard {
             call: Call::new(cfg, now),
             media,
             played_frames_reported: 0,
+            started_ms: now,
         });
         self.stats.calls_started += 1;
         Some(slot)
@@ -342,16 +345,28 @@ impl Shard {
                 self.by_peer.remove(&peer);
             }
         }
-        self.stats
-            .barge_in_reaction
-            .merge(&live.call.stats().barge_in_reaction);
+        let cs = live.call.stats();
+        self.stats.barge_in_reaction.merge(&cs.barge_in_reaction);
+        let summary = CallSummary {
+            duration_ms: monotonic_ms().saturating_sub(live.started_ms),
+            frames_to_caller: cs.frames_to_caller,
+            underflow_events: cs.playout.underflow_events,
+            rtp_received: cs.jitter.received,
+            rtp_lost: cs.jitter.lost,
+            barge_ins: cs.local_barge_ins + cs.provider_barge_ins,
+            late_ticks: cs.late_ticks,
+        };
         self.timer.cancel(slot);
         self.free.push(slot);
         self.stats.calls_ended += 1;
         if reason == EndReason::ProtocolError {
             self.stats.protocol_errors += 1;
         }
-        self.bridge.push(ToControl::CallEnded { call, reason });
+        self.bridge.push(ToControl::CallEnded {
+            call,
+            reason,
+            summary,
+        });
     }
 
     // ---- AudioSocket ------------------------------------------------------------

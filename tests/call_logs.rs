@@ -1,0 +1,118 @@
+//! One log line per call start and end, with the summary operators need, and peer
+//! addresses redacted unless `logging.pii: true` (JSON log lines from a real
+//! `voxd serve`).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Run voxd, make one AudioSocket call of 10 frames, stop voxd; its JSON log lines.
+fn one_call_logs(pii: bool) -> Vec<serde_json::Value> {
+    let dir = std::env::temp_dir().join(format!("voxd-logs-{}-{pii}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "default_provider: echo\n\
+         audiosocket: {{host: 127.0.0.1, port: {port}}}\n\
+         external_media: {{rtp_host: 127.0.0.1, rtp_port: {}}}\n\
+         health: {{host: 127.0.0.1, port: {}}}\n\
+         engine: {{shards: 1}}\n\
+         logging: {{level: info, format: json, pii: {pii}}}\n",
+        free_port(),
+        free_port()
+    );
+    let cfg = dir.join("voxd.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxd"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("ASTERISK_ARI_USERNAME")
+        .env_remove("VOXD_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut s = loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "voxd did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut hello = vec![0x01, 0, 16];
+    hello.extend_from_slice(&[0x42; 16]);
+    s.write_all(&hello).unwrap();
+    for _ in 0..10 {
+        let mut f = vec![0x12, 0x02, 0x80];
+        f.extend(std::iter::repeat_n([0x10u8, 0x27], 320).flatten());
+        s.write_all(&f).unwrap();
+        let mut h = [0u8; 3];
+        s.read_exact(&mut h).unwrap();
+        let mut p = vec![0u8; usize::from(u16::from_be_bytes([h[1], h[2]]))];
+        s.read_exact(&mut p).unwrap();
+    }
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    err.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
+fn find<'a>(lines: &'a [serde_json::Value], message: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["fields"]["message"] == message)
+        .unwrap_or_else(|| panic!("no {message:?} line in {lines:#?}"))
+}
+
+#[test]
+fn call_start_and_end_lines_summarise_and_redact() {
+    let lines = one_call_logs(false);
+    let start = &find(&lines, "call started")["fields"];
+    assert_eq!(start["provider"], "echo");
+    assert_eq!(start["transport"], "AudioSocket");
+    assert_eq!(start["remote"], "[redacted]");
+    let end = &find(&lines, "call ended")["fields"];
+    assert_eq!(end["provider"], "echo");
+    assert_eq!(end["reason"], "caller_hangup");
+    assert!(end["duration_ms"].as_u64().unwrap() > 0, "{end}");
+    for k in ["turns", "barge_ins", "underflows", "rtp_lost", "late_ticks"] {
+        assert!(end[k].is_u64(), "{k} missing: {end}");
+    }
+    // voxd's own listening addresses may be logged; a peer's never (without pii).
+    let calls: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] != "voxd").collect();
+    let text = serde_json::to_string(&calls).unwrap();
+    assert!(
+        !text.contains("127.0.0.1:"),
+        "a peer address leaked: {text}"
+    );
+
+    let lines = one_call_logs(true);
+    let start = &find(&lines, "call started")["fields"];
+    assert!(
+        start["remote"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{start}"
+    );
+}
