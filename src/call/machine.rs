@@ -138,40 +138,62 @@ pub enum CallError {
 /// to the first frame of silence on the wire. The last bucket is everything above.
 pub const BARGE_IN_BUCKETS_MS: [u64; 7] = [5, 10, 20, 40, 80, 160, 320];
 
-/// Barge-in reaction times, counted per [`BARGE_IN_BUCKETS_MS`] bucket (plus one
-/// for "above"), with their sum: a Prometheus histogram's raw parts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReactionHistogram {
-    /// Count per bucket (not cumulative); index 7 is above 320 ms.
-    pub buckets: [u64; 8],
-    /// Sum of all reactions, ms.
+/// Upper bounds (ms) of the turn response buckets: from the caller's last loud
+/// frame to the first frame of the agent's answer on the wire (what the caller
+/// waits, playout start buffer included). The last bucket is everything above.
+pub const TURN_BUCKETS_MS: [u64; 8] = [250, 500, 750, 1000, 1500, 2000, 3000, 5000];
+
+/// Durations in ms counted per bucket of a fixed set of upper bounds (`N - 1`
+/// bounds, the last bucket is "above"), with their sum: a Prometheus histogram's
+/// raw parts, with no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsHistogram<const N: usize> {
+    /// Count per bucket (not cumulative); the last is above the highest bound.
+    pub buckets: [u64; N],
+    /// Sum of all durations, ms.
     pub sum_ms: u64,
 }
 
-impl ReactionHistogram {
-    /// Count one reaction of `ms`.
-    pub fn record(&mut self, ms: u64) {
-        let i = BARGE_IN_BUCKETS_MS
+impl<const N: usize> Default for MsHistogram<N> {
+    fn default() -> Self {
+        MsHistogram {
+            buckets: [0; N],
+            sum_ms: 0,
+        }
+    }
+}
+
+impl<const N: usize> MsHistogram<N> {
+    /// Count one duration of `ms` against `bounds` (`N - 1` ascending bounds).
+    pub fn record(&mut self, bounds: &[u64], ms: u64) {
+        let i = bounds
             .iter()
             .position(|&b| ms <= b)
-            .unwrap_or(BARGE_IN_BUCKETS_MS.len());
+            .unwrap_or(bounds.len())
+            .min(N - 1);
         self.buckets[i] += 1;
         self.sum_ms += ms;
     }
 
     /// Add another histogram's counts.
-    pub fn merge(&mut self, o: &ReactionHistogram) {
+    pub fn merge(&mut self, o: &MsHistogram<N>) {
         for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
             *a += b;
         }
         self.sum_ms += o.sum_ms;
     }
 
-    /// Reactions counted.
+    /// Durations counted.
     pub fn count(&self) -> u64 {
         self.buckets.iter().sum()
     }
 }
+
+/// Barge-in reaction times per [`BARGE_IN_BUCKETS_MS`].
+pub type ReactionHistogram = MsHistogram<8>;
+
+/// Turn response times per [`TURN_BUCKETS_MS`].
+pub type TurnHistogram = MsHistogram<9>;
 
 /// Counters of the whole call (the engine sums them per shard).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -190,6 +212,8 @@ pub struct CallStats {
     pub provider_barge_ins: u64,
     /// Barge-in to silence on the wire, ms.
     pub barge_in_reaction: ReactionHistogram,
+    /// Caller's last loud frame to the agent's answer on the wire, ms.
+    pub turn_response: TurnHistogram,
     /// Playout counters.
     pub playout: PlayoutStats,
     /// Jitter buffer counters (RTP calls).
@@ -219,6 +243,12 @@ pub struct Call {
     barge_in: Option<(u32, BargeInSource)>,
     /// When the barge-in whose reaction is not measured yet happened, ms.
     barge_in_at: Option<u64>,
+    /// The caller's last loud frame while the agent was quiet (turn response).
+    caller_spoke_at: Option<u64>,
+    /// RFC 3550 interarrival jitter estimate, in 8 kHz units times 16.
+    jitter_x16: u64,
+    /// Previous packet's transit (arrival minus timestamp, 8 kHz units).
+    last_transit: Option<i64>,
     wake: Option<u64>,
     next_tick: u64,
     odd_byte: Option<u8>,
@@ -250,6 +280,9 @@ impl Call {
             caller_pending: None,
             barge_in: None,
             barge_in_at: None,
+            caller_spoke_at: None,
+            jitter_x16: 0,
+            last_transit: None,
             wake: Some(now_ms),
             next_tick: now_ms,
             odd_byte: None,
@@ -297,6 +330,25 @@ impl Call {
         }
     }
 
+    /// The RFC 3550 interarrival jitter estimate of the caller's RTP, ms (0 for
+    /// AudioSocket calls).
+    pub fn rtp_jitter_ms(&self) -> f64 {
+        self.jitter_x16 as f64 / 16.0 / 8.0
+    }
+
+    /// RFC 3550 A.8 with the sequence number standing in for the timestamp (one
+    /// packet per 20 ms frame of `samples` samples), arrival in ms: J += (|D| - J)/16.
+    fn estimate_jitter(&mut self, at_ms: u64, seq: u64, samples: usize) {
+        let units_per_sample = 8000 / self.cfg.caller.rate().hz().max(1) as i64;
+        let ts = (seq as i64).wrapping_mul(samples as i64 * units_per_sample.max(1));
+        let transit = (at_ms as i64).wrapping_mul(8).wrapping_sub(ts);
+        if let Some(last) = self.last_transit {
+            let d = transit.wrapping_sub(last).unsigned_abs().min(1 << 20);
+            self.jitter_x16 = self.jitter_x16 + d - ((self.jitter_x16 + 8) >> 4);
+        }
+        self.last_transit = Some(transit);
+    }
+
     /// Queued agent audio, ms.
     pub fn playout_depth_ms(&self) -> u32 {
         self.playout.depth_ms()
@@ -333,6 +385,7 @@ impl Call {
                     return Ok(payload.len());
                 }
                 let got = self.cfg.caller.decode(payload, &mut self.caller_pcm[..n]);
+                self.estimate_jitter(at_ms, seq, got);
                 self.jitter.push(at_ms, seq, &self.caller_pcm[..got]);
                 self.drain_jitter(at_ms);
                 Ok(payload.len())
@@ -420,6 +473,9 @@ impl Call {
     fn caller_block(&mut self, at_ms: u64, raw: Option<&[u8]>, n: usize) {
         let ms = (n / self.cfg.caller.rate().samples_per_ms().max(1)) as u32;
         let speaking = self.playout.is_active();
+        if !speaking && self.vad.is_loud(&self.caller_pcm[..n]) {
+            self.caller_spoke_at = Some(at_ms);
+        }
         if self
             .vad
             .feed(at_ms, &self.caller_pcm[..n], ms.max(1), speaking)
@@ -533,9 +589,16 @@ impl Call {
             // This frame is the first the caller gets after the flush.
             self.stats
                 .barge_in_reaction
-                .record(at_ms.saturating_sub(t0));
+                .record(&BARGE_IN_BUCKETS_MS, at_ms.saturating_sub(t0));
         }
         let marker = matches!(outcome, TickOutcome::Audio { first: true });
+        if marker {
+            if let Some(t) = self.caller_spoke_at.take() {
+                self.stats
+                    .turn_response
+                    .record(&TURN_BUCKETS_MS, at_ms.saturating_sub(t));
+            }
+        }
         self.cfg.caller.encode(&self.tick_pcm, &mut self.to_caller);
         self.caller_pending = Some(marker);
         self.stats.frames_to_caller += 1;

@@ -568,3 +568,83 @@ mod props {
         }
     }
 }
+
+#[test]
+fn rtp_jitter_follows_rfc_3550() {
+    let mut call = Call::new(cfg(Codec::Pcmu, Codec::Pcmu), 0);
+    let f = ulaw(&[0i16; 160]);
+    // On time: every packet exactly 20 ms after the previous one.
+    for seq in 0..100u64 {
+        call.handle_input(Input::CallerRtp {
+            at_ms: 1000 + seq * 20,
+            seq,
+            payload: &f,
+        })
+        .unwrap();
+        poll_all(&mut call);
+    }
+    assert_eq!(call.rtp_jitter_ms(), 0.0);
+    // Then every other packet 5 ms late: |D| = 5 ms each time, J -> 5 ms.
+    for seq in 100..400u64 {
+        let late = if seq % 2 == 1 { 5 } else { 0 };
+        call.handle_input(Input::CallerRtp {
+            at_ms: 1000 + seq * 20 + late,
+            seq,
+            payload: &f,
+        })
+        .unwrap();
+        poll_all(&mut call);
+    }
+    let j = call.rtp_jitter_ms();
+    assert!((j - 5.0).abs() < 0.5, "jitter {j} ms");
+}
+
+#[test]
+fn turn_response_is_caller_silence_to_agent_answer() {
+    let mut call = Call::new(cfg(Codec::Pcmu, Codec::Pcmu), 0);
+    let loud = ulaw(&tone(Rate::Hz8000, 300.0, 6000.0, 160, 0));
+    let quiet = ulaw(&[0i16; 160]);
+    let mut t = 0;
+    // No caller speech before the greeting: a greeting is not a turn response.
+    let greeting = ulaw(&tone(Rate::Hz8000, 1000.0, 8000.0, 8 * 200, 0));
+    call.handle_input(Input::ProviderAudio { payload: &greeting })
+        .unwrap();
+    call.handle_input(Input::ProviderAudioDone).unwrap();
+    for _ in 0..30 {
+        call.handle_input(Input::Tick { at_ms: t }).unwrap();
+        poll_all(&mut call);
+        t += 20;
+    }
+    assert_eq!(call.stats().turn_response.count(), 0);
+    // The caller talks for 400 ms (last loud frame at `spoke`), then is quiet.
+    let mut spoke = 0;
+    for i in 0..40 {
+        let f = if i < 20 { &loud } else { &quiet };
+        if i < 20 {
+            spoke = t;
+        }
+        call.handle_input(Input::CallerAudio {
+            at_ms: t,
+            payload: f,
+        })
+        .unwrap();
+        call.handle_input(Input::Tick { at_ms: t }).unwrap();
+        poll_all(&mut call);
+        t += 20;
+    }
+    // The answer arrives and plays from the next tick on.
+    let answer = ulaw(&tone(Rate::Hz8000, 1000.0, 8000.0, 8 * 500, 0));
+    call.handle_input(Input::ProviderAudio { payload: &answer })
+        .unwrap();
+    call.handle_input(Input::Tick { at_ms: t }).unwrap();
+    poll_all(&mut call);
+    let h = call.stats().turn_response;
+    assert_eq!(h.count(), 1);
+    assert_eq!(h.sum_ms, t - spoke);
+    assert_eq!(
+        h.buckets[1],
+        1,
+        "{} ms is in the 250-500 ms bucket",
+        t - spoke
+    );
+}

@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod control;
 pub mod io;
 pub mod lifecycle;
+pub mod published;
 pub mod runner;
 pub mod shard;
 pub mod timer;

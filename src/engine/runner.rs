@@ -99,6 +99,8 @@ pub struct Engine {
     pub peers: Arc<Peers>,
     /// Draining flag and shard heartbeats.
     pub lifecycle: Arc<Lifecycle>,
+    /// Each shard's published counters (for `/metrics` and `/health`).
+    pub published: Arc<super::published::Published>,
 }
 
 fn resolve(what: &'static str, host: &str, port: u16) -> Result<SocketAddr, EngineError> {
@@ -268,6 +270,7 @@ impl Engine {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let lifecycle = Arc::new(Lifecycle::new(n, super::io::monotonic_ms()));
+        let published = super::published::Published::new(n);
         let control_stats = Arc::new(ControlStats::default());
         let mut threads = Vec::with_capacity(n);
         let mut dispatchers = Vec::with_capacity(n);
@@ -290,13 +293,14 @@ impl Engine {
             let core = cores.get(i % cores.len().max(1)).copied();
             let stop_t = stop.clone();
             let life_t = lifecycle.clone();
+            let pub_t = published.clone();
             let t = std::thread::Builder::new()
                 .name(format!("voxd-shard-{i}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    shard.run(&stop_t, &life_t)
+                    shard.run(&stop_t, &life_t, &pub_t)
                 })
                 .map_err(EngineError::Setup)?;
             threads.push(t);
@@ -331,6 +335,7 @@ impl Engine {
             control_stats,
             peers,
             lifecycle,
+            published,
         })
     }
 

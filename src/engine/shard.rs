@@ -94,6 +94,27 @@ pub struct ShardStats {
     pub agent_audio_dropped: u64,
     /// Barge-in to silence on the wire, of the calls that ended.
     pub barge_in_reaction: crate::call::ReactionHistogram,
+    /// Turn response (caller's last loud frame to the answer), of the calls that
+    /// ended.
+    pub turn_response: crate::call::TurnHistogram,
+    /// RTP datagrams received (any source, before checks).
+    pub rtp_in: u64,
+    /// RTP datagrams the kernel accepted for sending.
+    pub rtp_out: u64,
+    /// RTP packets lost / late / reordered, of the calls that ended.
+    pub rtp_lost: u64,
+    /// See `rtp_lost`.
+    pub rtp_late: u64,
+    /// See `rtp_lost`.
+    pub rtp_reordered: u64,
+    /// AudioSocket bytes read.
+    pub as_rx_bytes: u64,
+    /// AudioSocket bytes written.
+    pub as_tx_bytes: u64,
+    /// Underflow events, of the calls that ended.
+    pub underflows: u64,
+    /// Frames sent to callers (audio and silence), of the calls that ended.
+    pub frames_to_caller: u64,
 }
 
 enum Media {
@@ -130,6 +151,10 @@ pub struct Shard {
     spec: ShardSpec,
     /// Draining flag and heartbeat (set by [`Shard::run`]).
     life: Option<Arc<super::lifecycle::Lifecycle>>,
+    /// Time spent waiting for events since the last publish, ns.
+    waited_ns: u64,
+    /// Jitter samples of live RTP calls, every publish so far.
+    jitter_samples: super::published::JitterHistogram,
     backend: AnyBackend,
     events: Events,
     timer: TimerWheel,
@@ -186,6 +211,8 @@ impl Shard {
             expired: Vec::with_capacity(n),
             events: Events::with_capacity(1024),
             life: None,
+            waited_ns: 0,
+            jitter_samples: Default::default(),
             udp_rx: UdpBatch::new(64),
             udp_tx: UdpBatch::new(64),
             read_buf: vec![0; 64 * 1024].into_boxed_slice(),
@@ -211,6 +238,40 @@ impl Shard {
         }
     }
 
+    /// Counters of ended and live calls, for [`super::published::Published`].
+    fn snapshot(&mut self, busy_ratio: f64) -> super::published::ShardSnapshot {
+        let mut stats = self.stats();
+        let mut audiosocket = 0u64;
+        let mut active = 0u64;
+        for slot in &self.slots {
+            let Some(live) = &slot.live else { continue };
+            active += 1;
+            let cs = live.call.stats();
+            stats.barge_in_reaction.merge(&cs.barge_in_reaction);
+            stats.turn_response.merge(&cs.turn_response);
+            stats.rtp_lost += cs.jitter.lost;
+            stats.rtp_late += cs.jitter.late;
+            stats.rtp_reordered += cs.jitter.reordered;
+            stats.underflows += cs.playout.underflow_events;
+            stats.frames_to_caller += cs.frames_to_caller;
+            match live.media {
+                Media::AudioSocket { .. } => audiosocket += 1,
+                Media::Rtp { .. } => {
+                    let j = live.call.rtp_jitter_ms();
+                    self.jitter_samples
+                        .record(&super::published::JITTER_BUCKETS_MS, j.round() as u64);
+                }
+            }
+        }
+        super::published::ShardSnapshot {
+            stats,
+            active_calls: active,
+            audiosocket_connections: audiosocket,
+            busy_ratio,
+            rtp_jitter: self.jitter_samples,
+        }
+    }
+
     /// Calls in progress.
     pub fn active_calls(&self) -> usize {
         self.slots.len() - self.free.len()
@@ -221,11 +282,22 @@ impl Shard {
         &mut self,
         stop: &Arc<AtomicBool>,
         life: &Arc<super::lifecycle::Lifecycle>,
+        published: &Arc<super::published::Published>,
     ) -> io::Result<ShardStats> {
         self.life = Some(life.clone());
+        let mut last_publish = monotonic_ms();
+        let mut window = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let now = monotonic_ms();
             life.beat(usize::from(self.spec.index), now);
+            if now >= last_publish + super::published::PUBLISH_MS {
+                last_publish = now;
+                let wall = window.elapsed().as_nanos().max(1) as f64;
+                window = std::time::Instant::now();
+                let busy = 1.0 - (self.waited_ns as f64 / wall).min(1.0);
+                self.waited_ns = 0;
+                published.publish(usize::from(self.spec.index), &self.snapshot(busy));
+            }
             let timeout = match self.timer.next_deadline() {
                 Some(d) => d.saturating_sub(now).min(10) as u32,
                 None => 10,
@@ -237,6 +309,7 @@ impl Shard {
         }
         self.flush_udp();
         self.bridge.notify_control();
+        published.publish(usize::from(self.spec.index), &self.snapshot(0.0));
         Ok(self.stats())
     }
 
@@ -244,7 +317,9 @@ impl Shard {
     /// due timers. Public for tests that drive a shard step by step.
     pub fn turn(&mut self, timeout_ms: Option<u32>) -> io::Result<()> {
         let mut events = std::mem::replace(&mut self.events, Events::placeholder());
+        let before = std::time::Instant::now();
         let waited = self.backend.wait(timeout_ms, &mut events);
+        self.waited_ns += before.elapsed().as_nanos() as u64;
         let now = monotonic_ms();
         if let Err(e) = waited {
             self.events = events;
@@ -347,6 +422,12 @@ impl Shard {
         }
         let cs = live.call.stats();
         self.stats.barge_in_reaction.merge(&cs.barge_in_reaction);
+        self.stats.turn_response.merge(&cs.turn_response);
+        self.stats.rtp_lost += cs.jitter.lost;
+        self.stats.rtp_late += cs.jitter.late;
+        self.stats.rtp_reordered += cs.jitter.reordered;
+        self.stats.underflows += cs.playout.underflow_events;
+        self.stats.frames_to_caller += cs.frames_to_caller;
         let summary = CallSummary {
             duration_ms: monotonic_ms().saturating_sub(live.started_ms),
             frames_to_caller: cs.frames_to_caller,
@@ -454,6 +535,7 @@ impl Shard {
                     }
                     Ok(n) => {
                         *last_rx_ms = now;
+                        self.stats.as_rx_bytes += n as u64;
                         conn.rx().extend_from_slice(&self.read_buf[..n]);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -555,6 +637,7 @@ impl Shard {
                         break;
                     }
                     Ok(n) => {
+                        self.stats.as_tx_bytes += n as u64;
                         let _ = tx.split_to(n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -605,6 +688,7 @@ impl Shard {
                     return;
                 }
             };
+            self.stats.rtp_in += n as u64;
             for i in 0..n {
                 let (_, from) = self.udp_rx.get(i);
                 self.rtp_packet(i, from, now);
@@ -687,9 +771,10 @@ impl Shard {
             match send_batch(sock, &mut self.udp_tx) {
                 Ok(o) if o.would_block => {
                     // Late audio is useless: drop what the kernel would not take.
+                    self.stats.rtp_out += o.sent as u64;
                     self.udp_tx.clear();
                 }
-                Ok(_) => {}
+                Ok(o) => self.stats.rtp_out += o.sent as u64,
                 Err(e) => {
                     tracing::warn!(shard = self.spec.index, error = %e, "RTP send failed");
                     self.udp_tx.clear();
