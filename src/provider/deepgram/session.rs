@@ -25,7 +25,8 @@
 //! Barge-in: Deepgram stops its own reply when its VAD hears the caller, so
 //! [`CallerEvent::BargeIn`] sends nothing; the session only stops passing on the
 //! rest of the current reply's audio until the next agent turn starts
-//! (`AgentStartedSpeaking` or `AgentThinking`).
+//! (`AgentStartedSpeaking` or `AgentThinking`, or the caller's own
+//! `ConversationText`, which ends the interrupting turn).
 //!
 //! Reconnects: the glue starts a new session with `attempt = 1` and the transcript
 //! so far; [`super::messages::settings`] passes it as `agent.context.messages` and
@@ -323,10 +324,11 @@ impl Session {
             }
             Some(CallerEvent::BargeIn { played_ms }) => {
                 if std::mem::take(&mut self.provider_barge_in) {
-                    // The glue's echo of our own SpeechStarted.
-                } else {
-                    add(&self.stats.barge_ins, 1);
+                    // The glue's echo of our own SpeechStarted: dropping started
+                    // then, and a turn that began since must not be cut.
+                    return Ok(());
                 }
+                add(&self.stats.barge_ins, 1);
                 tracing::debug!(
                     call_id = self.meta.call_id,
                     played_ms,
@@ -427,7 +429,12 @@ impl Session {
             }
             ServerMsg::ConversationText { role, content } => {
                 let role = match role.as_str() {
-                    "user" => Role::User,
+                    "user" => {
+                        // The caller's turn is complete: Deepgram stopped the cut
+                        // reply when the caller started, so later audio is new.
+                        self.dropping = false;
+                        Role::User
+                    }
                     "assistant" | "agent" => Role::Agent,
                     other => {
                         tracing::debug!(

@@ -661,27 +661,25 @@ async fn a_provider_that_stops_reading_stops_the_caller_audio_then_times_out() {
     let mut p = DeepgramProvider::from_config(&config(&url)).unwrap();
     Arc::make_mut(&mut p.cfg).write_stall = Duration::from_millis(300);
     let (peer, task) = start(&p, meta(None));
-    // Push 64 KiB chunks until the session stops taking them; a session that kept
-    // taking audio would buffer without bound (64 MiB is far beyond the kernel's
-    // socket buffers plus the WebSocket write buffer).
+    // Push 64 KiB chunks while the session takes them. It must stop taking them
+    // (a session that kept taking audio would buffer without bound: 64 MiB is far
+    // beyond the kernel's socket buffers plus the WebSocket write buffer), and
+    // then end on the stalled write.
     let chunk = Bytes::from(vec![0xFF; 64 * 1024]);
-    let mut blocked = false;
-    for _ in 0..1024 {
+    let mut pushed = 0;
+    while !task.is_finished() {
+        assert!(
+            pushed < 1024,
+            "the session kept taking audio from a provider that does not read"
+        );
         let send = peer.events.send(CallerEvent::Audio(chunk.clone()));
-        if tokio::time::timeout(Duration::from_millis(500), send)
-            .await
-            .is_err()
-        {
-            blocked = true;
-            break;
+        match tokio::time::timeout(Duration::from_millis(200), send).await {
+            Ok(Ok(())) => pushed += 1,
+            Ok(Err(_)) => break, // the session ended and dropped its receiver
+            Err(_) => {}         // blocked: the session is not taking events
         }
     }
-    assert!(
-        blocked,
-        "the session kept taking audio from a provider that does not read"
-    );
-    // Then the stalled write ends the session (a provider fault, so the glue may
-    // reconnect or apply its failure policy).
+    // A provider fault, so the glue may reconnect or apply its failure policy.
     let end = end_of(task).await;
     assert!(
         matches!(end.error, Some(ProviderError::Timeout { ref what, .. }) if what.contains("read")),
