@@ -53,7 +53,7 @@ pub const OUT_CAPACITY: usize = 64;
 pub const KNOWN_PROVIDERS: [&str; 5] = ["sim", "echo", "openai_realtime", "deepgram", "local"];
 
 /// Providers the configuration may name that this build does not implement yet.
-pub const NOT_IMPLEMENTED: [&str; 3] = ["openai_realtime", "deepgram", "local"];
+pub const NOT_IMPLEMENTED: [&str; 1] = ["openai_realtime"];
 
 /// What a session wants to receive from voxd and what it will send back, chosen per
 /// call from the caller's codec by [`Provider::formats`]. voxd converts the caller's
@@ -449,18 +449,20 @@ impl Registry {
     /// cannot be served.
     pub fn from_config(cfg: &Config) -> Result<Registry, ProviderError> {
         let p = &cfg.providers;
-        for (name, enabled) in [
-            ("openai_realtime", p.openai_realtime.enabled),
-            ("deepgram", p.deepgram.enabled),
-            ("local", p.local.enabled),
-        ] {
-            if enabled {
-                return Err(ProviderError::NotImplemented { name: name.into() });
-            }
+        if p.openai_realtime.enabled {
+            return Err(ProviderError::NotImplemented {
+                name: "openai_realtime".into(),
+            });
         }
         let mut providers: Vec<Arc<dyn Provider>> = vec![Arc::new(EchoProvider)];
         if p.sim.enabled {
             providers.push(Arc::new(SimProvider::new(SimConfig::from_config(cfg))));
+        }
+        if p.deepgram.enabled {
+            providers.push(Arc::new(deepgram::DeepgramProvider::from_config(cfg)?));
+        }
+        if p.local.enabled {
+            providers.push(Arc::new(local::LocalProvider::from_config(cfg)?));
         }
         let registry = Registry {
             providers,
@@ -565,11 +567,11 @@ mod tests {
     #[test]
     fn enabled_network_provider_is_not_implemented_not_pretended() {
         let mut cfg = Config::default();
-        cfg.providers.deepgram.enabled = true;
+        cfg.providers.openai_realtime.enabled = true;
         let err = from_config(&cfg).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "provider `deepgram` is configured but not implemented yet in this build"
+            "provider `openai_realtime` is configured but not implemented yet in this build"
         );
         assert_eq!(err.fault(), Fault::Config);
         assert_eq!(err.label(), "not_implemented");
@@ -598,9 +600,10 @@ mod tests {
             Err(ProviderError::Disabled { .. })
         ));
         assert!(matches!(
-            reg.get("local"),
+            reg.get("openai_realtime"),
             Err(ProviderError::NotImplemented { .. })
         ));
+        assert!(matches!(reg.get("local"), Err(ProviderError::Unknown { .. })));
         let e = reg.get("nope").err().unwrap();
         assert!(matches!(e, ProviderError::Unknown { .. }));
         assert_eq!(e.fault(), Fault::Config);
