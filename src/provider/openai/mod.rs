@@ -102,7 +102,7 @@ pub struct OpenAiStats {
     /// Agent audio bytes dropped because their item or response was cut.
     pub audio_bytes_dropped: AtomicU64,
     /// Caller audio chunks dropped while the session was still being set up (more
-    /// than [`session::HANDSHAKE_AUDIO_CHUNKS`] waiting).
+    /// than 50 chunks, 1 s of 20 ms frames, waiting).
     pub handshake_audio_dropped: AtomicU64,
     /// Last `rate_limits.updated` value: requests remaining.
     pub rate_requests_remaining: AtomicU64,
@@ -208,9 +208,9 @@ fn encode_query_value(v: &str) -> String {
 }
 
 impl OpenAiProvider {
-    /// Build the provider from `providers.openai_realtime` and `agents` (at start-up
-    /// and on reload; called whether or not the provider is enabled is the caller's
-    /// choice). Errors ([`ProviderError::Config`]): no API key (env
+    /// Build the provider from `providers.openai_realtime` and `agents`; called
+    /// when the registry is built (start-up, reload). It does not look at
+    /// `enabled`: whether to offer the provider is the registry's decision. Errors ([`ProviderError::Config`]): no API key (env
     /// `OPENAI_API_KEY`), a `base_url` that [`net::check_url`] refuses, a plain
     /// `ws://` URL to another host (the key would travel in clear), an empty model.
     pub fn from_config(cfg: &Config) -> Result<OpenAiProvider, ProviderError> {

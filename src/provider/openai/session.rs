@@ -11,6 +11,10 @@
 //! write has not been flushed, so a provider that does not read cannot grow voxd's
 //! memory (the glue drops and counts old audio instead).
 //!
+//! Time limits: `connect_timeout_ms` bounds the TCP + TLS + WebSocket handshake,
+//! and the same amount again the wait for `session.created` (then
+//! [`ProviderError::Timeout`]). A hang-up during either ends the session at once.
+//!
 //! DTMF: each key becomes a user text item `DTMF <key>` in the conversation
 //! (`conversation.item.create`, no `response.create`): the model sees the keys at
 //! its next turn, and a typed number does not start one reply per digit.

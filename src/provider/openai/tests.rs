@@ -219,6 +219,7 @@ fn from_config_requires_key_and_safe_url() {
         "wss://api.openai.com/v1/realtime?model=gpt-realtime"
     );
     assert_eq!(p.name(), "openai_realtime");
+    assert!(!format!("{p:?}").contains(KEY), "Debug masks the key");
 
     c.providers.openai_realtime.api_key = Secret::default();
     let e = OpenAiProvider::from_config(&c).unwrap_err();
