@@ -654,6 +654,10 @@ pub struct OpenAiRealtimeConfig {
     pub output_format: RealtimeAudioFormat,
     /// Server-side end-of-turn detection.
     pub turn_detection: TurnDetectionConfig,
+    /// Transcribe the caller's audio with this model (e.g. `gpt-4o-mini-transcribe`)
+    /// so logs and a reconnect's replayed history hold the caller's side too; none =
+    /// off.
+    pub input_transcription_model: Option<String>,
     /// Caller audio per `input_audio_buffer.append` (ms, a multiple of 20): 20 sends
     /// every frame at once; more batches frames into fewer, larger messages.
     pub append_ms: u32,
@@ -675,6 +679,7 @@ impl Default for OpenAiRealtimeConfig {
             input_format: RealtimeAudioFormat::Pcmu,
             output_format: RealtimeAudioFormat::Pcmu,
             turn_detection: TurnDetectionConfig::default(),
+            input_transcription_model: None,
             append_ms: 20,
             connect_timeout_ms: 5000,
             api_key: Secret::default(),

@@ -52,8 +52,9 @@ pub const OUT_CAPACITY: usize = 64;
 /// come with the network providers.
 pub const KNOWN_PROVIDERS: [&str; 5] = ["sim", "echo", "openai_realtime", "deepgram", "local"];
 
-/// Providers the configuration may name that this build does not implement yet.
-pub const NOT_IMPLEMENTED: [&str; 1] = ["openai_realtime"];
+/// Providers the configuration may name that this build does not implement yet
+/// (none: every provider voxd knows is built).
+pub const NOT_IMPLEMENTED: [&str; 0] = [];
 
 /// What a session wants to receive from voxd and what it will send back, chosen per
 /// call from the caller's codec by [`Provider::formats`]. voxd converts the caller's
@@ -427,7 +428,6 @@ pub trait Provider: Send + Sync + 'static {
 pub struct Registry {
     providers: Vec<Arc<dyn Provider>>,
     default: String,
-    sim_enabled: bool,
     /// `agents.<name>.provider`, for agents that name one.
     agent_providers: std::collections::BTreeMap<String, String>,
 }
@@ -449,14 +449,14 @@ impl Registry {
     /// cannot be served.
     pub fn from_config(cfg: &Config) -> Result<Registry, ProviderError> {
         let p = &cfg.providers;
-        if p.openai_realtime.enabled {
-            return Err(ProviderError::NotImplemented {
-                name: "openai_realtime".into(),
-            });
-        }
         let mut providers: Vec<Arc<dyn Provider>> = vec![Arc::new(EchoProvider)];
         if p.sim.enabled {
             providers.push(Arc::new(SimProvider::new(SimConfig::from_config(cfg))));
+        }
+        if p.openai_realtime.enabled {
+            let o = openai::OpenAiProvider::from_config(cfg)?
+                .with_input_transcription(p.openai_realtime.input_transcription_model.clone());
+            providers.push(Arc::new(o));
         }
         if p.deepgram.enabled {
             providers.push(Arc::new(deepgram::DeepgramProvider::from_config(cfg)?));
@@ -467,7 +467,6 @@ impl Registry {
         let registry = Registry {
             providers,
             default: cfg.default_provider.as_str().to_string(),
-            sim_enabled: p.sim.enabled,
             agent_providers: cfg
                 .agents
                 .iter()
@@ -495,7 +494,8 @@ impl Registry {
         let name = name.to_string();
         Err(if NOT_IMPLEMENTED.contains(&name.as_str()) {
             ProviderError::NotImplemented { name }
-        } else if name == "sim" && !self.sim_enabled {
+        } else if KNOWN_PROVIDERS.contains(&name.as_str()) {
+            // Known but not enabled in this configuration.
             ProviderError::Disabled { name }
         } else {
             ProviderError::Unknown { name }
@@ -565,28 +565,29 @@ mod tests {
     }
 
     #[test]
-    fn enabled_network_provider_is_not_implemented_not_pretended() {
+    fn network_providers_need_their_keys() {
+        for (name, yaml) in [
+            ("openai_realtime", "providers: {openai_realtime: {enabled: true}}"),
+            ("deepgram", "providers: {deepgram: {enabled: true}}"),
+        ] {
+            // Validation refuses a missing key before the registry is built...
+            assert!(crate::config::parse_str(yaml).is_err(), "{name}");
+            // ...and the registry refuses too, naming the provider.
+            let mut cfg = Config::default();
+            match name {
+                "openai_realtime" => cfg.providers.openai_realtime.enabled = true,
+                _ => cfg.providers.deepgram.enabled = true,
+            }
+            let err = from_config(&cfg).unwrap_err();
+            assert_eq!(err.fault(), Fault::Config, "{name}: {err}");
+        }
         let mut cfg = Config::default();
         cfg.providers.openai_realtime.enabled = true;
-        let err = from_config(&cfg).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "provider `openai_realtime` is configured but not implemented yet in this build"
-        );
-        assert_eq!(err.fault(), Fault::Config);
-        assert_eq!(err.label(), "not_implemented");
-    }
-
-    #[test]
-    fn default_network_provider_is_not_implemented() {
-        let cfg = Config {
-            default_provider: ProviderName::OpenaiRealtime,
-            ..Config::default()
-        };
-        let err = from_config(&cfg).unwrap_err();
-        assert!(
-            matches!(err, ProviderError::NotImplemented { ref name } if name == "openai_realtime")
-        );
+        cfg.providers.openai_realtime.api_key = crate::config::Secret::new("sk-test");
+        cfg.providers.local.enabled = true;
+        let reg = from_config(&cfg).unwrap();
+        assert_eq!(reg.get("openai_realtime").unwrap().name(), "openai_realtime");
+        assert_eq!(reg.get("local").unwrap().name(), "local");
     }
 
     #[test]
@@ -601,9 +602,8 @@ mod tests {
         ));
         assert!(matches!(
             reg.get("openai_realtime"),
-            Err(ProviderError::NotImplemented { .. })
+            Err(ProviderError::Disabled { .. })
         ));
-        assert!(matches!(reg.get("local"), Err(ProviderError::Unknown { .. })));
         let e = reg.get("nope").err().unwrap();
         assert!(matches!(e, ProviderError::Unknown { .. }));
         assert_eq!(e.fault(), Fault::Config);
