@@ -134,8 +134,9 @@ fn types(evs: &[Value]) -> Vec<String> {
 }
 
 fn pos(evs: &[Value], ty: &str) -> usize {
-    evs.iter()
-        .position(|v| v["type"] == ty)
+    types(evs)
+        .iter()
+        .position(|t| t == ty)
         .unwrap_or_else(|| panic!("no {ty} in {:?}", types(evs)))
 }
 
@@ -729,4 +730,309 @@ async fn fault_slow_read_backs_up_the_client() {
     );
     let stats = sim.stop().await;
     assert_eq!(stats.faults_injected, 1);
+}
+
+// ---- Deepgram Voice Agent --------------------------------------------------------
+
+const DG_KEY: &str = "dg-sim-test";
+
+fn dg_cfg() -> ProviderSimConfig {
+    ProviderSimConfig {
+        api_key: Some(DG_KEY.into()),
+        think_ms: 100,
+        reply_ms: 800,
+        chunk_ms: 40,
+        burst_interval_ms: 5,
+        greeting_ms: 400,
+        ..ProviderSimConfig::for_protocol(SimProtocol::Deepgram)
+    }
+}
+
+async fn dg_connect(sim: &ProviderSim) -> Client {
+    let auth = format!("Token {DG_KEY}");
+    let mut c = connect(&sim.url(), &[("Authorization", &auth)])
+        .await
+        .expect("connect");
+    match c.next().await {
+        Got::Json(v) => {
+            assert_eq!(v["type"], "Welcome");
+            assert_eq!(v["request_id"].as_str().unwrap().len(), 36);
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    c
+}
+
+fn dg_settings(greeting: Option<&str>) -> Value {
+    let mut v = json!({
+        "type": "Settings",
+        "audio": {
+            "input": {"encoding": "mulaw", "sample_rate": 8000},
+            "output": {"encoding": "mulaw", "sample_rate": 8000, "container": "none"}
+        },
+        "agent": {
+            "language": "en",
+            "listen": {"provider": {"type": "deepgram", "model": "nova-3"}},
+            "think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}, "prompt": "Be brief."},
+            "speak": {"provider": {"type": "deepgram", "model": "aura-2-thalia-en"}}
+        }
+    });
+    if let Some(g) = greeting {
+        v["agent"]["greeting"] = json!(g);
+    }
+    v
+}
+
+/// Send `pcm` as 20 ms mu-law binary frames.
+async fn dg_audio(c: &mut Client, pcm: &[i16]) {
+    for chunk in pcm.chunks(160) {
+        c.send_bin(ulaw(chunk)).await;
+    }
+}
+
+fn bin_bytes(evs: &[Value]) -> u64 {
+    evs.iter().filter_map(|v| v["binary"].as_u64()).sum()
+}
+
+async fn dg_expect_fatal(c: &mut Client, code: &str) {
+    loop {
+        match c.next().await {
+            Got::Json(v) if v["type"] == "Error" => {
+                assert_eq!(v["code"], code, "{v}");
+                break;
+            }
+            Got::Json(_) | Got::Bin(_) => {}
+            other => panic!("expected Error {code}, got {other:?}"),
+        }
+    }
+    assert!(matches!(c.next().await, Got::Close(Some(_))));
+}
+
+#[tokio::test]
+async fn deepgram_greeting_and_full_turn_without_violations() {
+    let sim = start(dg_cfg()).await;
+    let mut c = dg_connect(&sim).await;
+    c.send(dg_settings(Some("Hello, how can I help?"))).await;
+    let evs = c.until("AgentAudioDone").await;
+    assert_eq!(
+        types(&evs)[..3],
+        ["SettingsApplied", "AgentStartedSpeaking", "binary"]
+    );
+    assert_eq!(bin_bytes(&evs), 400 * 8, "greeting_ms of mu-law");
+    let said = &evs[evs.len() - 2];
+    assert_eq!(said["type"], "ConversationText");
+    assert_eq!(said["role"], "assistant");
+    assert_eq!(said["content"], "Hello, how can I help?");
+    c.send(json!({"type": "KeepAlive"})).await;
+    dg_audio(&mut c, &tone(1000, 8000)).await;
+    dg_audio(&mut c, &silence(1000, 8000)).await;
+    let evs = c.until("AgentAudioDone").await;
+    let order = [
+        "UserStartedSpeaking",
+        "ConversationText",
+        "AgentThinking",
+        "AgentStartedSpeaking",
+        "binary",
+    ];
+    let at: Vec<usize> = order.iter().map(|t| pos(&evs, t)).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{:?}", types(&evs));
+    assert_eq!(evs[at[1]]["role"], "user");
+    let started = &evs[at[3]];
+    for k in ["total_latency", "tts_latency", "ttt_latency"] {
+        assert!(started[k].is_number(), "{k} in {started}");
+    }
+    assert_eq!(bin_bytes(&evs), 800 * 8);
+    let said = &evs[evs.len() - 2];
+    assert_eq!(
+        (said["type"].as_str(), said["role"].as_str()),
+        (Some("ConversationText"), Some("assistant"))
+    );
+    drop(c);
+    let stats = sim.stop().await;
+    assert!(stats.violations.is_empty(), "{:?}", stats.violations);
+    assert_eq!(stats.turns, 1);
+    assert_eq!(stats.audio_bytes_out, 1200 * 8);
+    assert_eq!(stats.audio_bytes_in, 16_000);
+    assert_eq!(stats.openings[0][..3], ["Settings", "KeepAlive", "binary"]);
+    assert_eq!(stats.messages_in["binary"], 100);
+}
+
+#[tokio::test]
+async fn deepgram_keys_header_subprotocol_and_401() {
+    let sim = start(dg_cfg()).await;
+    match connect(&sim.url(), &[("Authorization", "Token wrong")]).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    match connect(
+        &sim.url(),
+        &[("Authorization", &format!("Bearer {DG_KEY}"))],
+    )
+    .await
+    {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    // The browser-style subprotocol credential.
+    let proto = format!("token, {DG_KEY}");
+    let mut c = connect(&sim.url(), &[("Sec-WebSocket-Protocol", &proto)])
+        .await
+        .expect("subprotocol auth");
+    assert!(matches!(c.next().await, Got::Json(v) if v["type"] == "Welcome"));
+    // The early-access endpoint is gone.
+    let ea = sim.url().replace("/v1/agent/converse", "/agent");
+    let auth = format!("Token {DG_KEY}");
+    match connect(&ea, &[("Authorization", &auth)]).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 404),
+        other => panic!("expected 404, got {:?}", other.map(|_| ())),
+    }
+    let stats = sim.stop().await;
+    assert_eq!(stats.auth_failures, 2);
+    assert_eq!(stats.violations.len(), 1, "{:?}", stats.violations);
+    assert!(stats.violations[0].contains("early-access endpoint"));
+}
+
+#[tokio::test]
+async fn deepgram_protocol_violations_are_fatal_errors() {
+    let sim = start(dg_cfg()).await;
+    // Audio before Settings.
+    let mut c = dg_connect(&sim).await;
+    dg_audio(&mut c, &tone(40, 8000)).await;
+    dg_expect_fatal(&mut c, "NON_SETTINGS_MESSAGE_BEFORE_SETTINGS").await;
+    // KeepAlive before Settings.
+    let mut c = dg_connect(&sim).await;
+    c.send(json!({"type": "KeepAlive"})).await;
+    dg_expect_fatal(&mut c, "NON_SETTINGS_MESSAGE_BEFORE_SETTINGS").await;
+    // The early-access settings message.
+    let mut c = dg_connect(&sim).await;
+    let mut ea = dg_settings(None);
+    ea["type"] = json!("SettingsConfiguration");
+    c.send(ea).await;
+    dg_expect_fatal(&mut c, "UNPARSABLE_CLIENT_MESSAGE").await;
+    // Invalid settings.
+    let mut c = dg_connect(&sim).await;
+    let mut bad = dg_settings(None);
+    bad["audio"]["output"]["container"] = json!("wav");
+    c.send(bad).await;
+    dg_expect_fatal(&mut c, "INVALID_SETTINGS").await;
+    // Settings twice.
+    let mut c = dg_connect(&sim).await;
+    c.send(dg_settings(None)).await;
+    c.until("SettingsApplied").await;
+    c.send(dg_settings(None)).await;
+    dg_expect_fatal(&mut c, "SETTINGS_ALREADY_APPLIED").await;
+    // Unknown message type, and not JSON.
+    let mut c = dg_connect(&sim).await;
+    c.send(dg_settings(None)).await;
+    c.until("SettingsApplied").await;
+    c.send(json!({"type": "Frobnicate"})).await;
+    dg_expect_fatal(&mut c, "UNPARSABLE_CLIENT_MESSAGE").await;
+    let mut c = dg_connect(&sim).await;
+    c.send(dg_settings(None)).await;
+    c.until("SettingsApplied").await;
+    c.ws.send(Message::Text("{oops".into())).await.unwrap();
+    dg_expect_fatal(&mut c, "UNPARSABLE_CLIENT_MESSAGE").await;
+    let stats = sim.stop().await;
+    let v = &stats.violations;
+    assert_eq!(v.len(), 7, "{v:#?}");
+    for needle in [
+        "before SettingsApplied",
+        "`KeepAlive` arrived before Settings",
+        "early-access message",
+        "container",
+        "SETTINGS_ALREADY_APPLIED",
+        "unknown message type `Frobnicate`",
+        "not JSON",
+    ] {
+        assert!(v.iter().any(|x| x.contains(needle)), "{needle}: {v:#?}");
+    }
+}
+
+#[tokio::test]
+async fn deepgram_barge_in_stops_the_reply() {
+    let mut cfg = dg_cfg();
+    cfg.reply_ms = 4000;
+    cfg.chunk_ms = 100;
+    cfg.burst_interval_ms = 100;
+    let sim = start(cfg).await;
+    let mut c = dg_connect(&sim).await;
+    c.send(dg_settings(None)).await;
+    c.until("SettingsApplied").await;
+    dg_audio(&mut c, &tone(800, 8000)).await;
+    dg_audio(&mut c, &silence(700, 8000)).await;
+    let first = c.until("AgentStartedSpeaking").await;
+    assert!(types(&first).contains(&"UserStartedSpeaking".to_string()));
+    // Talk over the reply once its audio flows.
+    let mut evs = Vec::new();
+    loop {
+        match c.next().await {
+            Got::Bin(b) => {
+                evs.push(json!({"binary": b.len()}));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    dg_audio(&mut c, &tone(600, 8000)).await;
+    evs.extend(c.until("AgentAudioDone").await);
+    let ss = pos(&evs, "UserStartedSpeaking");
+    let next_reply = pos(&evs, "AgentStartedSpeaking");
+    assert!(ss < next_reply);
+    // Nothing of the cut reply after UserStartedSpeaking; its audio is short.
+    assert!(!types(&evs[ss..next_reply]).contains(&"binary".to_string()));
+    assert!(bin_bytes(&evs[..ss]) < 4000 * 8);
+    assert!(!types(&evs[..ss]).contains(&"AgentAudioDone".to_string()));
+    // The interruption got a full reply.
+    assert_eq!(bin_bytes(&evs[next_reply..]), 4000 * 8);
+    let stats = sim.stop().await;
+    assert!(stats.violations.is_empty(), "{:?}", stats.violations);
+    assert_eq!(stats.barge_ins, 1);
+    assert_eq!(stats.turns, 2);
+}
+
+#[tokio::test]
+async fn deepgram_idle_close_and_keepalive() {
+    let mut cfg = dg_cfg();
+    cfg.idle_close_ms = 1000;
+    let sim = start(cfg).await;
+    let mut c = dg_connect(&sim).await;
+    c.send(dg_settings(None)).await;
+    c.until("SettingsApplied").await;
+    // KeepAlives every 100 ms keep the session open ...
+    for _ in 0..15 {
+        c.send(json!({"type": "KeepAlive"})).await;
+        assert!(matches!(
+            c.next_within(Duration::from_millis(100)).await,
+            Got::Quiet
+        ));
+    }
+    // ... silence closes it like the service does.
+    dg_expect_fatal(&mut c, "CLIENT_MESSAGE_TIMEOUT").await;
+    let stats = sim.stop().await;
+    assert_eq!(stats.messages_in["KeepAlive"], 15);
+    assert_eq!(stats.violations.len(), 1, "{:?}", stats.violations);
+    assert!(stats.violations[0].contains("KeepAlive"));
+}
+
+#[tokio::test]
+async fn deepgram_faults_error_and_warning() {
+    let mut cfg = dg_cfg();
+    cfg.fault = Some(Fault::ErrorEvent { fatal: false });
+    cfg.fault_after_ms = 50;
+    cfg.reply_ms = 2000;
+    cfg.burst_interval_ms = 50;
+    let sim = start(cfg).await;
+    let mut c = dg_connect(&sim).await;
+    c.send(dg_settings(Some("Hi"))).await;
+    let evs = c.until("Warning").await;
+    assert!(evs.last().unwrap()["code"].is_string());
+    // Non-fatal: the greeting completes.
+    c.until("AgentAudioDone").await;
+    sim.set_fault(Some(Fault::ErrorEvent { fatal: true }));
+    let mut c = dg_connect(&sim).await;
+    c.send(dg_settings(Some("Hi"))).await;
+    dg_expect_fatal(&mut c, "INTERNAL_SERVER_ERROR").await;
+    let stats = sim.stop().await;
+    assert_eq!(stats.faults_injected, 2);
+    assert!(stats.violations.is_empty(), "{:?}", stats.violations);
 }

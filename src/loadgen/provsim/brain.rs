@@ -284,11 +284,6 @@ impl Brain {
         }
     }
 
-    /// The knobs in use.
-    pub(crate) fn config(&self) -> &BrainConfig {
-        &self.cfg
-    }
-
     /// Caller PCM (at the input codec's rate) received at `now` ms. Then `poll`.
     pub(crate) fn on_audio(&mut self, now: u64, pcm: &[i16]) {
         self.now = self.now.max(now);

@@ -389,6 +389,11 @@ impl Conn {
         &self.shared.cfg
     }
 
+    /// Whether a `Stall` fault is in effect (nothing is sent any more).
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.stalled
+    }
+
     /// Milliseconds since the connection was accepted (the brain's clock).
     pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)

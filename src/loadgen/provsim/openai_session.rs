@@ -445,12 +445,14 @@ impl SessionCfg {
         match o.get("type") {
             None => return Err(ApiError::missing("session.type")),
             Some(Value::String(t)) if t == "realtime" => {}
-            Some(v) => return Err(ApiError::bad_value(
-                "session.type",
-                format!(
+            Some(v) => {
+                return Err(ApiError::bad_value(
+                    "session.type",
+                    format!(
                     "Invalid value: {v}. This endpoint (the simulator) serves 'realtime' sessions."
                 ),
-            )),
+                ))
+            }
         }
         let mut next = self.clone();
         if let Some(m) = o.get("model") {
