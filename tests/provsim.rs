@@ -27,8 +27,10 @@ const DEADLINE: Duration = Duration::from_secs(15);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// What the client got.
+/// What the client got (payload fields are read through `Debug` in failure
+/// messages).
 #[derive(Debug)]
+#[allow(dead_code)]
 enum Got {
     Json(Value),
     /// A text frame that is not JSON (len, first bytes).
@@ -53,9 +55,11 @@ async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<Client, WsError>
             HeaderValue::from_str(v).expect("header value"),
         );
     }
-    let mut cfg = WebSocketConfig::default();
-    cfg.max_message_size = Some(64 << 20);
-    cfg.max_frame_size = Some(64 << 20);
+    let cfg = WebSocketConfig {
+        max_message_size: Some(64 << 20),
+        max_frame_size: Some(64 << 20),
+        ..WebSocketConfig::default()
+    };
     let (ws, _) = timeout(
         DEADLINE,
         tokio_tungstenite::connect_async_with_config(req, Some(cfg), false),
@@ -963,16 +967,10 @@ async fn deepgram_barge_in_stops_the_reply() {
     let first = c.until("AgentStartedSpeaking").await;
     assert!(types(&first).contains(&"UserStartedSpeaking".to_string()));
     // Talk over the reply once its audio flows.
-    let mut evs = Vec::new();
-    loop {
-        match c.next().await {
-            Got::Bin(b) => {
-                evs.push(json!({"binary": b.len()}));
-                break;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    let mut evs = match c.next().await {
+        Got::Bin(b) => vec![json!({"binary": b.len()})],
+        other => panic!("expected reply audio, got {other:?}"),
+    };
     dg_audio(&mut c, &tone(600, 8000)).await;
     evs.extend(c.until("AgentAudioDone").await);
     let ss = pos(&evs, "UserStartedSpeaking");
@@ -1035,4 +1033,250 @@ async fn deepgram_faults_error_and_warning() {
     let stats = sim.stop().await;
     assert_eq!(stats.faults_injected, 2);
     assert!(stats.violations.is_empty(), "{:?}", stats.violations);
+}
+
+// ---- local-ai-server ---------------------------------------------------------------
+
+fn local_cfg() -> ProviderSimConfig {
+    ProviderSimConfig {
+        think_ms: 100,
+        reply_ms: 800,
+        greeting_ms: 600,
+        ..ProviderSimConfig::for_protocol(SimProtocol::Local)
+    }
+}
+
+/// `pcm` (16 kHz) as base64 `audio` messages of 100 ms.
+async fn local_audio(c: &mut Client, pcm: &[i16], request_id: &str) {
+    for chunk in pcm.chunks(1600) {
+        c.send(
+            json!({"type": "audio", "data": B64.encode(le16(chunk)), "rate": 16000,
+            "format": "pcm16le", "call_id": "call-1", "request_id": request_id}),
+        )
+        .await;
+    }
+}
+
+/// Round-trip a `status` so everything sent before it has been processed.
+async fn local_sync(c: &mut Client) -> Vec<Value> {
+    c.send(json!({"type": "status"})).await;
+    c.until("status_response").await
+}
+
+#[tokio::test]
+async fn local_full_pipeline_turn_without_violations() {
+    let sim = start(local_cfg()).await;
+    assert!(!sim.url().contains("/v1"));
+    let mut c = connect(&sim.url(), &[]).await.expect("connect");
+    c.send(json!({"type": "set_mode", "mode": "full", "call_id": "call-1"}))
+        .await;
+    let evs = c.until("mode_ready").await;
+    assert_eq!(evs[0]["mode"], "full");
+    assert_eq!(evs[0]["call_id"], "call-1");
+    // Greeting through TTS.
+    c.send(
+        json!({"type": "tts_request", "text": "Hello!", "call_id": "call-1", "request_id": "g1"}),
+    )
+    .await;
+    let evs = c.until("tts_response").await;
+    let tts = evs.last().unwrap();
+    assert_eq!(tts["encoding"], "mulaw");
+    assert_eq!(tts["sample_rate_hz"], 8000);
+    assert_eq!(tts["request_id"], "g1");
+    let audio = B64.decode(tts["audio_data"].as_str().unwrap()).unwrap();
+    assert_eq!(audio.len(), 600 * 8);
+    assert_eq!(tts["byte_length"], audio.len());
+    // A caller turn.
+    local_audio(&mut c, &tone(1000, 16000), "r1").await;
+    local_audio(&mut c, &silence(1000, 16000), "r1").await;
+    let evs = c.until("tts_audio").await;
+    let partial = &evs[pos(&evs, "stt_result")];
+    assert_eq!(
+        (
+            partial["is_final"].as_bool(),
+            partial["is_partial"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    let finals: Vec<&Value> = evs
+        .iter()
+        .filter(|v| v["type"] == "stt_result" && v["is_final"] == true)
+        .collect();
+    assert_eq!(finals.len(), 1);
+    assert_eq!(finals[0]["call_id"], "call-1");
+    let llm = &evs[pos(&evs, "llm_response")];
+    assert_eq!(llm["mode"], "llm");
+    assert_eq!(llm["request_id"], "r1");
+    let meta = evs.last().unwrap();
+    assert_eq!(meta["encoding"], "mulaw");
+    assert_eq!(meta["byte_length"], 800 * 8);
+    // The reply arrives whole, as one binary message.
+    match c.next().await {
+        Got::Bin(b) => assert_eq!(b.len(), 800 * 8),
+        other => panic!("expected the reply audio, got {other:?}"),
+    }
+    drop(c);
+    let stats = sim.stop().await;
+    assert!(stats.violations.is_empty(), "{:?}", stats.violations);
+    assert_eq!(stats.turns, 1);
+    assert_eq!(stats.audio_bytes_out, 1400 * 8);
+    assert_eq!(stats.audio_bytes_in, 64_000);
+    assert_eq!(stats.openings[0][..3], ["set_mode", "tts_request", "audio"]);
+}
+
+#[tokio::test]
+async fn local_stt_mode_binary_audio_and_8k_rate() {
+    let sim = start(local_cfg()).await;
+    let mut c = connect(&format!("{}/any/path", sim.url()), &[])
+        .await
+        .expect("connect");
+    c.send(json!({"type": "set_mode", "mode": "stt", "call_id": "c2"}))
+        .await;
+    c.until("mode_ready").await;
+    // Raw binary PCM16 at 16 kHz.
+    for chunk in tone(1000, 16000).chunks(320) {
+        c.send_bin(le16(chunk)).await;
+    }
+    for chunk in silence(1000, 16000).chunks(320) {
+        c.send_bin(le16(chunk)).await;
+    }
+    let evs = c.until("stt_result").await;
+    assert_eq!(evs.last().unwrap()["is_partial"], true);
+    let evs = c.until("stt_result").await;
+    assert_eq!(evs.last().unwrap()["is_final"], true);
+    // STT mode: no LLM, no audio.
+    let evs = local_sync(&mut c).await;
+    assert_eq!(types(&evs), ["status_response"]);
+    // An audio message at 8 kHz is resampled to the STT rate.
+    c.send(json!({"type": "set_mode", "mode": "full"})).await;
+    c.until("mode_ready").await;
+    for chunk in tone(1000, 8000).chunks(800) {
+        c.send(json!({"type": "audio", "data": B64.encode(le16(chunk)), "rate": 8000}))
+            .await;
+    }
+    for chunk in silence(1000, 8000).chunks(800) {
+        c.send(json!({"type": "audio", "data": B64.encode(le16(chunk)), "rate": 8000}))
+            .await;
+    }
+    let evs = c.until("llm_response").await;
+    assert!(types(&evs).contains(&"stt_result".to_string()));
+    // No request_id: no tts_audio metadata, just the audio.
+    assert!(matches!(c.next().await, Got::Bin(b) if b.len() == 800 * 8));
+    let stats = sim.stop().await;
+    assert!(stats.violations.is_empty(), "{:?}", stats.violations);
+    assert_eq!(stats.turns, 2);
+}
+
+#[tokio::test]
+async fn local_auth_token() {
+    let mut cfg = local_cfg();
+    cfg.api_key = Some("local-secret".into());
+    let sim = start(cfg).await;
+    let mut c = connect(&sim.url(), &[]).await.expect("connect");
+    // Anything before auth is refused (and dropped).
+    c.send_bin(le16(&tone(20, 16000))).await;
+    let evs = c.until("auth_response").await;
+    assert_eq!(evs[0]["status"], "error");
+    assert_eq!(evs[0]["message"], "authentication_required");
+    c.send(json!({"type": "auth", "auth_token": "wrong"})).await;
+    let evs = c.until("auth_response").await;
+    assert_eq!(evs[0]["message"], "invalid_auth_token");
+    c.send(json!({"type": "auth", "token": "local-secret", "call_id": "c3"}))
+        .await;
+    let evs = c.until("auth_response").await;
+    assert_eq!(evs[0]["status"], "ok");
+    let evs = local_sync(&mut c).await;
+    assert_eq!(evs[0]["stt_backend"], "vosk");
+    let stats = sim.stop().await;
+    assert_eq!(stats.auth_failures, 1);
+    assert_eq!(stats.audio_bytes_in, 0, "audio before auth is dropped");
+    assert_eq!(stats.violations.len(), 1, "{:?}", stats.violations);
+    assert!(stats.violations[0].contains("before authenticating"));
+}
+
+#[tokio::test]
+async fn local_ignored_messages_are_violations() {
+    let sim = start(local_cfg()).await;
+    let mut c = connect(&sim.url(), &[]).await.expect("connect");
+    c.ws.send(Message::Text("not json".into())).await.unwrap();
+    c.send(json!({"mode": "full"})).await;
+    c.send(json!({"type": "barge_in", "call_id": "c4"})).await;
+    c.send(json!({"type": "audio", "data": "%%%", "rate": 16000}))
+        .await;
+    c.send(json!({"type": "audio", "data": B64.encode([1u8, 2, 3]), "rate": 16000}))
+        .await;
+    c.send(json!({"type": "audio", "data": B64.encode([0u8; 64]), "rate": 11025}))
+        .await;
+    c.send(json!({"type": "audio", "data": B64.encode([0u8; 64]), "format": "ulaw"}))
+        .await;
+    c.send(json!({"type": "tts_request", "text": "  "})).await;
+    // The reference answers none of these: the next thing on the wire is the status.
+    let evs = local_sync(&mut c).await;
+    assert_eq!(types(&evs), ["status_response"]);
+    let stats = sim.stop().await;
+    let v = &stats.violations;
+    assert_eq!(v.len(), 8, "{v:#?}");
+    for needle in [
+        "not JSON",
+        "without `type`",
+        "`barge_in` is not part of local-ai-server's protocol",
+        "base64",
+        "whole number of PCM16 samples",
+        "11025 Hz",
+        "`format`",
+        "tts_request without `text`",
+    ] {
+        assert!(v.iter().any(|x| x.contains(needle)), "{needle}: {v:#?}");
+    }
+}
+
+#[tokio::test]
+async fn local_caller_over_the_reply_is_heard() {
+    let mut cfg = local_cfg();
+    cfg.reply_ms = 3000;
+    let sim = start(cfg).await;
+    let mut c = connect(&sim.url(), &[]).await.expect("connect");
+    local_audio(&mut c, &tone(800, 16000), "r1").await;
+    local_audio(&mut c, &silence(700, 16000), "r1").await;
+    c.until("tts_audio").await;
+    assert!(matches!(c.next().await, Got::Bin(_)));
+    // The caller talks while the engine plays the reply: the server hears it (a new
+    // partial) and answers the new turn; the reply already sent cannot be recalled.
+    local_audio(&mut c, &tone(600, 16000), "r2").await;
+    local_audio(&mut c, &silence(600, 16000), "r2").await;
+    let evs = c.until("tts_audio").await;
+    let p = pos(&evs, "stt_result");
+    assert_eq!(evs[p]["is_partial"], true);
+    assert_eq!(evs[p]["request_id"], "r2");
+    assert!(matches!(c.next().await, Got::Bin(b) if b.len() == 3000 * 8));
+    let stats = sim.stop().await;
+    assert!(stats.violations.is_empty(), "{:?}", stats.violations);
+    assert_eq!(stats.barge_ins, 1);
+    assert_eq!(stats.turns, 2);
+}
+
+#[tokio::test]
+async fn local_fatal_error_fault() {
+    let mut cfg = local_cfg();
+    cfg.fault = Some(Fault::ErrorEvent { fatal: true });
+    cfg.fault_after_ms = 50;
+    let sim = start(cfg).await;
+    let mut c = connect(&sim.url(), &[]).await.expect("connect");
+    local_audio(&mut c, &tone(800, 16000), "r1").await;
+    local_audio(&mut c, &silence(700, 16000), "r1").await;
+    let evs = c.until("error").await;
+    let e = evs.last().unwrap();
+    assert_eq!(e["details"]["error_type"], "processing_error");
+    loop {
+        match c.next().await {
+            Got::Close(code) => {
+                assert_eq!(code, Some(1011));
+                break;
+            }
+            Got::Bin(_) | Got::Json(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let stats = sim.stop().await;
+    assert_eq!(stats.faults_injected, 1);
 }

@@ -320,6 +320,29 @@ impl Brain {
         true
     }
 
+    /// Render a whole utterance of `ms` in the output codec at once (a TTS request
+    /// answered in one piece), without touching the turn state.
+    pub(crate) fn render(&mut self, ms: u32) -> Vec<u8> {
+        self.manual_count += 1;
+        let sim = SimConfig {
+            greeting_ms: ms.max(1),
+            burst_ms: ms.max(1),
+            seed: mix_seed(self.cfg.seed, 1000 + self.manual_count),
+            ..self.sim
+        };
+        let mut agent = SimAgent::new(sim, self.main_codec());
+        let mut out = Vec::new();
+        while let Some(a) = agent.poll(0) {
+            if let SimAction::Audio(pcm) = a {
+                if let Some(r) = &mut self.resampler {
+                    r.reset();
+                }
+                out.extend(self.encode(&pcm));
+            }
+        }
+        out
+    }
+
     /// The client cancelled the reply (or cut it locally): stop delivering; a
     /// `ResponseDone { cancelled: true }` follows. Returns whether a reply was being
     /// delivered.
@@ -843,6 +866,18 @@ mod tests {
             ["reply", "audio", "started", "barge_in", "cancelled"]
         );
         assert_eq!(&k[5..], ["stopped", "reply", "audio", "audio_done", "done"]);
+    }
+
+    #[test]
+    fn render_makes_a_whole_utterance_without_a_turn() {
+        let mut b = Brain::new(
+            cfg(TurnMode::Agent),
+            Codec::Slin(Rate::Hz16000),
+            Codec::Pcmu,
+        );
+        assert_eq!(b.render(700).len(), 700 * 8);
+        assert!(!b.is_replying());
+        assert_eq!(b.next_wakeup(), None);
     }
 
     #[test]

@@ -684,10 +684,11 @@ pub(crate) async fn serve(
 }
 
 fn ws_config() -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    c.max_message_size = Some(MAX_IN_MESSAGE);
-    c.max_frame_size = Some(MAX_IN_MESSAGE);
-    c
+    WebSocketConfig {
+        max_message_size: Some(MAX_IN_MESSAGE),
+        max_frame_size: Some(MAX_IN_MESSAGE),
+        ..WebSocketConfig::default()
+    }
 }
 
 fn verdict_for(shared: &Shared, hs: &Handshake) -> Verdict {
@@ -706,6 +707,8 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>, shutdown: watch::Receiv
     shared.add(|s| s.connections += 1);
     let mut hs = Handshake::default();
     let mut verdict = None;
+    // The signature is tungstenite's handshake callback.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         hs = Handshake::from_request(req);
         let v = verdict_for(&shared, &hs);

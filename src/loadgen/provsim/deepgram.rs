@@ -681,7 +681,8 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        let cases: Vec<(fn(&mut Value), &str)> = vec![
+        type Mutate = fn(&mut Value);
+        let cases: Vec<(Mutate, &str)> = vec![
             (|v| v["audio"]["input"]["encoding"] = json!("opus"), "opus"),
             (
                 |v| v["audio"]["input"]["sample_rate"] = json!(16000),

@@ -157,7 +157,7 @@ impl ProviderSimConfig {
             greeting_ms: 1200,
             fault: None,
             fault_after_ms: 200,
-            seed: 0x5EED_0F_5133,
+            seed: 0x5EED_5133,
             idle_close_ms: 10_000,
         }
     }
