@@ -35,6 +35,8 @@ pub(crate) enum TurnMode {
     Agent,
     /// VAD events only; answer utterances when `auto`, cut replies on caller speech
     /// when `interrupt` (OpenAI server VAD with either flag off, local STT mode).
+    /// An utterance that ends while a reply is still being delivered is not
+    /// answered.
     Vad {
         /// Answer each utterance.
         auto: bool,

@@ -59,6 +59,20 @@ const MAX_OPENINGS: usize = 1024;
 const OPENING_LEN: usize = 8;
 /// Longest message type recorded (longer ones are cut).
 const MAX_TYPE_LEN: usize = 64;
+/// Longest violation line kept (bytes; longer ones are cut).
+const MAX_VIOLATION_LEN: usize = 512;
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// The counters (see [`SimStatsSnapshot`] for their meaning).
 #[derive(Debug, Default)]
@@ -140,6 +154,7 @@ impl Shared {
     }
 
     fn violation(&self, conn: u64, what: &str) {
+        let what = clip(what, MAX_VIOLATION_LEN);
         tracing::debug!(conn, what, "provider sim: client protocol violation");
         let mut s = lock(&self.stats);
         if s.violations.len() < MAX_VIOLATIONS {
@@ -154,8 +169,9 @@ impl Shared {
     }
 }
 
-/// The HTTP upgrade request as the simulator saw it.
-#[derive(Debug, Clone, Default)]
+/// The HTTP upgrade request as the simulator saw it. `Debug` shows the path and
+/// the names only (credentials travel in header and query values).
+#[derive(Clone, Default)]
 pub(crate) struct Handshake {
     /// Request path (`/v1/realtime`).
     pub path: String,
@@ -163,6 +179,17 @@ pub(crate) struct Handshake {
     pub query: Vec<(String, String)>,
     /// Header names (lower case) and values (lossy UTF-8). Never logged.
     headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |v: &[(String, String)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        f.debug_struct("Handshake")
+            .field("path", &self.path)
+            .field("query", &names(&self.query))
+            .field("headers", &names(&self.headers))
+            .finish()
+    }
 }
 
 impl Handshake {
@@ -411,15 +438,7 @@ impl Conn {
 
     /// Count a client message of type `ty` (and record it in the opening).
     pub(crate) fn note_in(&mut self, ty: &str) {
-        let ty = if ty.len() > MAX_TYPE_LEN {
-            let mut end = MAX_TYPE_LEN;
-            while !ty.is_char_boundary(end) {
-                end -= 1;
-            }
-            &ty[..end]
-        } else {
-            ty
-        };
+        let ty = clip(ty, MAX_TYPE_LEN);
         let slot = (self.opening_len < OPENING_LEN)
             .then_some(self.opening_slot)
             .flatten();
@@ -781,6 +800,18 @@ mod tests {
         assert_eq!(percent_decode("a%20b+c"), "a b c");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
         assert_eq!(percent_decode("%e2%82%ac"), "\u{20ac}");
+    }
+
+    #[test]
+    fn clipping_and_redaction() {
+        assert_eq!(clip("héllo", 2), "h");
+        assert_eq!(clip("abc", 10), "abc");
+        let hs = Handshake::for_test("/v1/realtime", &[("Authorization", "Bearer sk-secret")]);
+        let dbg = format!("{hs:?}");
+        assert!(
+            dbg.contains("authorization") && !dbg.contains("sk-secret"),
+            "{dbg}"
+        );
     }
 
     #[test]

@@ -417,7 +417,7 @@ impl Session {
         };
         let rate = match v.get("rate") {
             None => STT_RATE.hz(),
-            Some(r) => match r.as_u64().and_then(|r| u32::try_from(r).ok()) {
+            Some(r) => match python_int(r) {
                 Some(r) => r,
                 None => {
                     // The reference's int() raises and its handler ends the connection.
@@ -611,6 +611,19 @@ impl Session {
     }
 }
 
+/// What Python's `int()` makes of a JSON value the reference reads as a rate: an
+/// integer, an integral float, or a string of digits; `None` where `int()` raises.
+fn python_int(v: &Value) -> Option<u32> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f.trunc() as u64))
+            .and_then(|r| u32::try_from(r).ok()),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 fn status_response() -> Value {
     json!({
         "type": "status_response", "status": "ok",
@@ -642,6 +655,15 @@ mod tests {
             Mode::Stt.turns(),
             TurnMode::Vad { auto: false, .. }
         ));
+    }
+
+    #[test]
+    fn rates_are_read_like_python_int() {
+        assert_eq!(python_int(&json!(16000)), Some(16000));
+        assert_eq!(python_int(&json!(8000.0)), Some(8000));
+        assert_eq!(python_int(&json!(" 16000 ")), Some(16000));
+        assert_eq!(python_int(&json!("16k")), None);
+        assert_eq!(python_int(&json!(null)), None);
     }
 
     #[test]

@@ -59,6 +59,22 @@ impl SimProtocol {
     }
 }
 
+impl std::str::FromStr for SimProtocol {
+    type Err = String;
+
+    /// `openai` (or `openai_realtime`), `deepgram`, `local`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "openai" | "openai_realtime" => Ok(SimProtocol::OpenAi),
+            "deepgram" => Ok(SimProtocol::Deepgram),
+            "local" => Ok(SimProtocol::Local),
+            other => Err(format!(
+                "unknown simulated provider `{other}` (openai, deepgram, local)"
+            )),
+        }
+    }
+}
+
 /// A fault the simulator injects into every session opened while it is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fault {
@@ -92,10 +108,48 @@ impl Fault {
     }
 }
 
+impl Fault {
+    /// The CLI name: `close_mid_response`, `stall`, `malformed_json`, `oversize`,
+    /// `error`, `fatal_error`, `slow_read`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::CloseMidResponse => "close_mid_response",
+            Fault::Stall => "stall",
+            Fault::MalformedJson => "malformed_json",
+            Fault::Oversize => "oversize",
+            Fault::ErrorEvent { fatal: false } => "error",
+            Fault::ErrorEvent { fatal: true } => "fatal_error",
+            Fault::SlowRead => "slow_read",
+        }
+    }
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    /// The names of [`Fault::as_str`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Fault::CloseMidResponse,
+            Fault::Stall,
+            Fault::MalformedJson,
+            Fault::Oversize,
+            Fault::ErrorEvent { fatal: false },
+            Fault::ErrorEvent { fatal: true },
+            Fault::SlowRead,
+        ]
+        .into_iter()
+        .find(|f| f.as_str() == s)
+        .ok_or_else(|| {
+            format!("unknown fault `{s}` (close_mid_response, stall, malformed_json, oversize, error, fatal_error, slow_read)")
+        })
+    }
+}
+
 /// Configuration of a [`ProviderSim`]. `Default` is an OpenAI simulator on
 /// `127.0.0.1:0` accepting any key; [`ProviderSimConfig::for_protocol`] sets
-/// realistic chunk sizes per protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// realistic chunk sizes per protocol. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ProviderSimConfig {
     /// The protocol spoken.
     pub protocol: SimProtocol,
@@ -132,6 +186,25 @@ pub struct ProviderSimConfig {
     pub idle_close_ms: u32,
 }
 
+impl std::fmt::Debug for ProviderSimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSimConfig")
+            .field("protocol", &self.protocol)
+            .field("listen", &self.listen)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("think_ms", &self.think_ms)
+            .field("reply_ms", &self.reply_ms)
+            .field("chunk_ms", &self.chunk_ms)
+            .field("burst_interval_ms", &self.burst_interval_ms)
+            .field("greeting_ms", &self.greeting_ms)
+            .field("fault", &self.fault)
+            .field("fault_after_ms", &self.fault_after_ms)
+            .field("seed", &self.seed)
+            .field("idle_close_ms", &self.idle_close_ms)
+            .finish()
+    }
+}
+
 impl Default for ProviderSimConfig {
     fn default() -> Self {
         ProviderSimConfig::for_protocol(SimProtocol::OpenAi)
@@ -166,8 +239,8 @@ impl ProviderSimConfig {
 /// Counters and findings of a simulator, summed over its connections.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SimStatsSnapshot {
-    /// TCP connections that attempted the WebSocket handshake (refused ones
-    /// included).
+    /// TCP connections accepted (handshakes refused with 401/404 included); their
+    /// 1-based accept order is the `N` of `conn N` in violations.
     pub connections: u64,
     /// WebSocket sessions open now.
     pub active: u64,
@@ -189,10 +262,12 @@ pub struct SimStatsSnapshot {
     /// OpenAI `conversation.item.truncate` requests accepted.
     pub truncates: u64,
     /// Every protocol error a client made, as `conn N: what`; tests assert this is
-    /// empty. At most 256 are kept; a last line says how many more were seen.
+    /// empty. At most 256 lines of at most 512 bytes are kept; a last line says how
+    /// many more were seen.
     pub violations: Vec<String>,
-    /// Per connection (the first 1024), the types of the first 8 messages the
-    /// client sent, e.g. `["session.update", "input_audio_buffer.append", ..]`.
+    /// Per WebSocket session (the first 1024, in accept order), the types of the
+    /// first 8 messages the client sent, e.g. `["session.update",
+    /// "input_audio_buffer.append", ..]`.
     pub openings: Vec<Vec<String>>,
     /// Faults that fired.
     pub faults_injected: u64,
@@ -263,5 +338,51 @@ impl ProviderSim {
             tracing::warn!(error = %e, "provider simulator task failed");
         }
         self.shared.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for p in [
+            SimProtocol::OpenAi,
+            SimProtocol::Deepgram,
+            SimProtocol::Local,
+        ] {
+            assert_eq!(p.as_str().parse::<SimProtocol>(), Ok(p));
+        }
+        assert_eq!(
+            "openai_realtime".parse::<SimProtocol>(),
+            Ok(SimProtocol::OpenAi)
+        );
+        assert!("sim".parse::<SimProtocol>().is_err());
+        for f in [
+            Fault::CloseMidResponse,
+            Fault::Stall,
+            Fault::MalformedJson,
+            Fault::Oversize,
+            Fault::ErrorEvent { fatal: false },
+            Fault::ErrorEvent { fatal: true },
+            Fault::SlowRead,
+        ] {
+            assert_eq!(f.as_str().parse::<Fault>(), Ok(f));
+        }
+        assert!("boom".parse::<Fault>().is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let cfg = ProviderSimConfig {
+            api_key: Some("sk-very-secret".into()),
+            ..ProviderSimConfig::default()
+        };
+        let dbg = format!("{cfg:?}");
+        assert!(
+            !dbg.contains("sk-very-secret") && dbg.contains("redacted"),
+            "{dbg}"
+        );
     }
 }
