@@ -1200,7 +1200,6 @@ async fn local_ignored_messages_are_violations() {
     let mut c = connect(&sim.url(), &[]).await.expect("connect");
     c.ws.send(Message::Text("not json".into())).await.unwrap();
     c.send(json!({"mode": "full"})).await;
-    c.send(json!({"type": "barge_in", "call_id": "c4"})).await;
     c.send(json!({"type": "audio", "data": "%%%", "rate": 16000}))
         .await;
     c.send(json!({"type": "audio", "data": B64.encode([1u8, 2, 3]), "rate": 16000}))
@@ -1215,11 +1214,10 @@ async fn local_ignored_messages_are_violations() {
     assert_eq!(types(&evs), ["status_response"]);
     let stats = sim.stop().await;
     let v = &stats.violations;
-    assert_eq!(v.len(), 8, "{v:#?}");
+    assert_eq!(v.len(), 7, "{v:#?}");
     for needle in [
         "not JSON",
         "without `type`",
-        "`barge_in` is not part of local-ai-server's protocol",
         "base64",
         "whole number of PCM16 samples",
         "11025 Hz",
@@ -1279,4 +1277,19 @@ async fn local_fatal_error_fault() {
     }
     let stats = sim.stop().await;
     assert_eq!(stats.faults_injected, 1);
+}
+
+#[tokio::test]
+async fn local_barge_in_is_acknowledged_like_the_reference() {
+    let sim = start(local_cfg()).await;
+    let mut c = connect(&sim.url(), &[]).await.expect("connect");
+    c.send(json!({"type": "barge_in", "call_id": "c9", "request_id": "r1"}))
+        .await;
+    let evs = local_sync(&mut c).await;
+    assert_eq!(types(&evs), ["barge_in_ack", "status_response"]);
+    assert_eq!(evs[0]["status"], "ok");
+    assert_eq!(evs[0]["call_id"], "c9");
+    assert_eq!(evs[0]["request_id"], "r1");
+    let stats = sim.stop().await;
+    assert!(stats.violations.is_empty(), "{:?}", stats.violations);
 }

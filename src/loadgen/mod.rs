@@ -19,6 +19,7 @@ pub mod ari_emu;
 pub mod caller;
 pub mod driver;
 pub mod procstat;
+pub mod provider_run;
 pub mod provsim;
 pub mod signal;
 pub mod spawn;

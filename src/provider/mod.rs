@@ -567,7 +567,10 @@ mod tests {
     #[test]
     fn network_providers_need_their_keys() {
         for (name, yaml) in [
-            ("openai_realtime", "providers: {openai_realtime: {enabled: true}}"),
+            (
+                "openai_realtime",
+                "providers: {openai_realtime: {enabled: true}}",
+            ),
             ("deepgram", "providers: {deepgram: {enabled: true}}"),
         ] {
             // Validation refuses a missing key before the registry is built...
@@ -586,7 +589,10 @@ mod tests {
         cfg.providers.openai_realtime.api_key = crate::config::Secret::new("sk-test");
         cfg.providers.local.enabled = true;
         let reg = from_config(&cfg).unwrap();
-        assert_eq!(reg.get("openai_realtime").unwrap().name(), "openai_realtime");
+        assert_eq!(
+            reg.get("openai_realtime").unwrap().name(),
+            "openai_realtime"
+        );
         assert_eq!(reg.get("local").unwrap().name(), "local");
     }
 

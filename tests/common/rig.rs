@@ -25,7 +25,19 @@ pub struct Rig {
 }
 
 pub fn config(yaml: &str, emu: &AriEmulator) -> Config {
-    let mut cfg = voxd::config::parse_str(yaml).expect("test config").config;
+    config_env(yaml, emu, &[])
+}
+
+/// [`config`] with environment variables (provider keys) for the YAML.
+pub fn config_env(yaml: &str, emu: &AriEmulator, env: &[(&str, &str)]) -> Config {
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let mut cfg = voxd::config::parse_str_with_env(yaml, &lookup)
+        .expect("test config")
+        .config;
     cfg.audiosocket.port = 0;
     cfg.external_media.rtp_port = 0;
     cfg.asterisk.enabled = Some(true);
@@ -46,8 +58,18 @@ pub async fn start_rig_with(
     emu_cfg: EmuConfig,
     extra: Option<Arc<dyn voxd::provider::Provider>>,
 ) -> Rig {
+    start_rig_env(yaml, emu_cfg, extra, &[]).await
+}
+
+/// [`start_rig_with`] with environment variables for the configuration.
+pub async fn start_rig_env(
+    yaml: &str,
+    emu_cfg: EmuConfig,
+    extra: Option<Arc<dyn voxd::provider::Provider>>,
+    env: &[(&str, &str)],
+) -> Rig {
     let emu = AriEmulator::start(emu_cfg).await.expect("emulator starts");
-    let cfg = config(yaml, &emu);
+    let cfg = config_env(yaml, &emu, env);
     let mode = AriMode {
         bindings: Arc::new(Bindings::default()),
         accept_unoriginated: cfg.audiosocket.accept_unoriginated,

@@ -19,9 +19,8 @@
 //! bind without a token (close 1008).
 //!
 //! Must not: answer what the reference ignores. It ignores invalid JSON, messages
-//! without `type`, unknown types (there is no `barge_in` / `barge_in_ack` in the
-//! reference: barge-in is the engine's local business, the reply having been sent
-//! whole) and bad audio payloads, silently; the simulator stays silent on the wire
+//! without `type`, unknown types and bad audio payloads, silently (`barge_in` is
+//! answered with `barge_in_ack`, as the reference's ws_protocol.py does); the simulator stays silent on the wire
 //! too but records each as a violation, so a client relying on them is caught.
 
 #![forbid(unsafe_code)]
@@ -298,7 +297,11 @@ impl Session {
         }
         match ty.as_str() {
             "set_mode" => {
-                match v.get("mode").and_then(Value::as_str).map(|m| (m, Mode::parse(m))) {
+                match v
+                    .get("mode")
+                    .and_then(Value::as_str)
+                    .map(|m| (m, Mode::parse(m)))
+                {
                     Some((_, Some(m))) => self.set_mode(m),
                     None => self.set_mode(Mode::Full),
                     Some((m, None)) => self
@@ -342,12 +345,24 @@ impl Session {
                 self.conn.send_json(&r).await?;
             }
             "backend_schema" => {
-                let r = json!({"type": "backend_schema_response", "error": "Unknown backend type: "});
+                let r =
+                    json!({"type": "backend_schema_response", "error": "Unknown backend type: "});
                 self.conn.send_json(&r).await?;
             }
-            "barge_in" => self.conn.violation(
-                "`barge_in` is not part of local-ai-server's protocol: the reference ignores it and sends no `barge_in_ack` (it sends each reply whole; barge-in is the engine's local business)",
-            ),
+            "barge_in" => {
+                // The reference cancels the session's response tasks and acks
+                // (`barge_in_ack` with status, call_id, request_id).
+                self.take_call_id(&v);
+                let now = self.conn.now_ms();
+                if self.brain.cancel(now) {
+                    self.conn.barge_in();
+                }
+                self.reply_buf.clear();
+                let ack = json!({"type": "barge_in_ack", "status": "ok",
+                                 "call_id": self.call_id,
+                                 "request_id": v.get("request_id").cloned().unwrap_or(Value::Null)});
+                self.conn.send_json(&ack).await?;
+            }
             other => self.conn.violation(format!(
                 "unknown message type `{other}` (the reference ignores it)"
             )),
