@@ -139,6 +139,21 @@ struct LoadgenArgs {
     /// With --via ari: the Stasis application voxd registers.
     #[arg(long, default_value = "asterisk-ai-voice-agent")]
     ari_app: String,
+    /// Run this provider's protocol simulator for the run (`openai_realtime`,
+    /// `deepgram`, `local`). A --spawn'ed voxd gets its URL in VOXD_SIM_URL and the
+    /// provider's key variable set; its config names them (perf/configs/*.yaml use
+    /// `base_url: ${VOXD_SIM_URL}`). Without --spawn the URL is printed.
+    #[arg(long, value_name = "PROVIDER")]
+    provider: Option<String>,
+    /// With --provider: where the simulator listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    sim_listen: std::net::SocketAddr,
+    /// With --provider: length of each simulated reply, ms.
+    #[arg(long, default_value_t = 1500)]
+    reply_ms: u32,
+    /// With --provider: the simulator's worker threads.
+    #[arg(long, default_value_t = 1)]
+    sim_threads: usize,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -188,15 +203,43 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
             18080,
         ),
     };
+    let mut child_env: Vec<(&str, String)> = Vec::new();
     if a.via == Via::Ari && a.spawn.is_some() {
-        // The spawned voxd logs in to our emulator with these (its environment is
-        // ours); defaults when the operator set none. Single-threaded still here.
+        // The spawned voxd logs in to our emulator with these; defaults when the
+        // operator set none.
         for var in ["ASTERISK_ARI_USERNAME", "ASTERISK_ARI_PASSWORD"] {
             if std::env::var_os(var).is_none() {
-                std::env::set_var(var, "asterisk");
+                child_env.push((var, "asterisk".into()));
             }
         }
     }
+    let sim = match &a.provider {
+        None => None,
+        Some(name) => {
+            use voxd::loadgen::provider_run::{RunningSim, SimKind, SimRunConfig};
+            let Some(kind) = SimKind::parse(name) else {
+                return fail(format!(
+                    "--provider {name}: no simulator for it (openai_realtime, deepgram, local)"
+                ));
+            };
+            let cfg = SimRunConfig {
+                kind,
+                listen: a.sim_listen,
+                think_ms: a.think_ms,
+                reply_ms: a.reply_ms,
+                seed: a.seed,
+                threads: a.sim_threads,
+            };
+            match RunningSim::start(cfg) {
+                Ok(s) => {
+                    eprintln!("provider simulator ({name}) at {}", s.url());
+                    child_env.extend(s.env());
+                    Some((kind, s))
+                }
+                Err(e) => return fail(e),
+            }
+        }
+    };
     let spawned = match &a.spawn {
         None => None,
         Some(config) => {
@@ -204,7 +247,7 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
                 Ok(e) => e,
                 Err(e) => return fail(format!("cannot find this program's path: {e}")),
             };
-            match voxd::loadgen::spawn::SpawnedVoxd::start(&exe, config) {
+            match voxd::loadgen::spawn::SpawnedVoxd::start_with_env(&exe, config, &child_env) {
                 Ok(s) => Some(s),
                 Err(e) => return fail(e),
             }
@@ -281,11 +324,18 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
             Err(e) => eprintln!("warning: {e}"),
         }
     }
+    let sim_line = sim.map(|(kind, s)| {
+        let stats = s.stop();
+        voxd::loadgen::provider_run::summary(kind, &stats)
+    });
     let out = match out {
         Ok(o) => o,
         Err(e) => return fail(e.to_string()),
     };
     print!("{}", out.to_table());
+    if let Some(line) = &sim_line {
+        println!("{line}");
+    }
     if let Some(s) = &ari {
         println!(
             "ari: callers placed {}, media legs originated {}, left behind: {} channel(s), {} bridge(s)",

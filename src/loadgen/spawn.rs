@@ -44,10 +44,21 @@ impl SpawnedVoxd {
     /// Run `exe serve --config config` and wait until it says where it listens.
     /// Errors are sentences for the operator (with the child's last output).
     pub fn start(exe: &Path, config: &Path) -> Result<SpawnedVoxd, String> {
+        Self::start_with_env(exe, config, &[])
+    }
+
+    /// [`SpawnedVoxd::start`] with extra environment variables for the child (a
+    /// provider simulator's URL and key, ARI credentials).
+    pub fn start_with_env(
+        exe: &Path,
+        config: &Path,
+        env: &[(&str, String)],
+    ) -> Result<SpawnedVoxd, String> {
         let mut child = Command::new(exe)
             .arg("serve")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
