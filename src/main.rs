@@ -488,6 +488,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             audiosocket: engine.audiosocket_addr,
             rtp: engine.rtp_addr,
             control: engine.control_stats.clone(),
+            published: engine.published.clone(),
             ari: flow.as_ref().map(|f| voxd::ops::health::AriView {
                 connected: f.connected.clone(),
                 stats: f.stats.clone(),

@@ -140,8 +140,53 @@ async fn endpoints_answer_and_metrics_pass_promtool() {
         !m.contains("voxd_ari_connected"),
         "no ARI series without ARI"
     );
+    for name in EXPORTED {
+        if name.starts_with("voxd_ari_") {
+            continue;
+        }
+        assert!(
+            m.contains(&format!("# TYPE {name} ")),
+            "/metrics lacks {name} (deploy/ alerts and dashboard use it)"
+        );
+    }
     promtool_check(&m);
 }
+
+/// Every metric family deploy/prometheus and deploy/grafana rely on
+/// (tests/deploy_files.rs checks they use no other).
+const EXPORTED: [&str; 31] = [
+    "voxd_up",
+    "voxd_ready",
+    "voxd_uptime_seconds",
+    "voxd_ari_connected",
+    "voxd_ari_reconnects_total",
+    "ai_agent_active_calls",
+    "ai_agent_calls_total",
+    "ai_agent_call_duration_seconds",
+    "ai_agent_turn_response_seconds",
+    "ai_agent_barge_in_reaction_seconds",
+    "ai_agent_barge_in_events_total",
+    "ai_agent_stream_frames_sent_total",
+    "ai_agent_stream_underflow_events_total",
+    "ai_agent_audiosocket_active_connections",
+    "ai_agent_audiosocket_rx_bytes_total",
+    "ai_agent_audiosocket_tx_bytes_total",
+    "voxd_rtp_packets_total",
+    "voxd_rtp_lost_packets_total",
+    "voxd_rtp_late_packets_total",
+    "voxd_rtp_jitter_seconds",
+    "voxd_ring_drops_total",
+    "voxd_shard_calls",
+    "voxd_shard_busy_ratio",
+    "voxd_provider_errors_total",
+    "voxd_provider_reconnects_total",
+    "voxd_provider_connect_seconds",
+    "voxd_caller_audio_dropped_total",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "voxd_rtp_reordered_packets_total",
+];
 
 #[tokio::test]
 async fn ready_follows_the_ari_connection() {
@@ -168,6 +213,7 @@ async fn ready_follows_the_ari_connection() {
     assert_eq!(r["ready"], false);
     let (_, m) = until(&format!("{base}/metrics"), "metrics", |c, _| c == 200).await;
     assert!(m.contains("voxd_ari_connected 0"), "{m}");
+    assert!(m.contains("voxd_ari_reconnects_total 0"), "{m}");
     promtool_check(&m);
 
     // Asterisk comes up on that port: voxd reconnects (backoff) and is ready.

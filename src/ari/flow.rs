@@ -57,6 +57,8 @@ pub struct FlowStats {
     pub media_up: AtomicU64,
     /// Callers sent back to the dialplan because voxd was draining.
     pub refused_draining: AtomicU64,
+    /// Times the events WebSocket came back after a loss.
+    pub reconnects: AtomicU64,
     /// Asterisk's version from `GET /ari/asterisk/info` at the last connect.
     pub asterisk_version: std::sync::Mutex<Option<String>>,
 }
@@ -296,6 +298,7 @@ impl Flow {
                     let now = *connected.borrow_and_update();
                     if now && !was_connected {
                         if ever_connected {
+                            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(calls = self.calls.len(), "ARI reconnected; checking which calls Asterisk still has");
                             self.reconcile();
                         } else {

@@ -66,6 +66,28 @@ pub struct ControlStats {
     pub failure_policy_applied: AtomicU64,
     /// Barge-ins (local and provider-driven) passed to sessions.
     pub barge_ins: AtomicU64,
+    /// Calls ended, by [`EndReason`] (index of `EndReason::ALL`).
+    pub ends_by_reason: [AtomicU64; 8],
+    /// Call durations (of calls with a session), ms per [`DURATION_BUCKETS_MS`].
+    pub call_duration: Mutex<crate::call::MsHistogram<9>>,
+    /// Provider errors by (provider, kind): fatal ones that ended a session and
+    /// non-fatal ones the provider reported.
+    pub provider_errors: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// Upper bounds (ms) of the call duration buckets.
+pub const DURATION_BUCKETS_MS: [u64; 8] = [
+    5_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 1_800_000,
+];
+
+impl ControlStats {
+    fn provider_error(&self, provider: &'static str, kind: &'static str) {
+        let mut m = self
+            .provider_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *m.entry((provider, kind)).or_insert(0) += 1;
+    }
 }
 
 /// Per-dispatcher settings from the configuration.
@@ -479,8 +501,16 @@ impl Dispatcher {
                         ari.bindings.unpark(MediaKey::Rtp(info.remote), call);
                     }
                 }
+                if let Some(i) = EndReason::ALL.iter().position(|r| *r == reason) {
+                    self.stats.ends_by_reason[i].fetch_add(1, Ordering::Relaxed);
+                }
                 if let Some(s) = self.sessions.remove(&call) {
                     self.stats.sessions_ended.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .call_duration
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(&DURATION_BUCKETS_MS, summary.duration_ms);
                     tracing::info!(
                         %call,
                         provider = s.provider.name(),
@@ -649,6 +679,7 @@ impl Dispatcher {
             return;
         };
         self.stats.provider_failures.fetch_add(1, Ordering::Relaxed);
+        self.stats.provider_error(s.provider.name(), error.label());
         tracing::warn!(
             %call,
             provider = s.provider.name(),
@@ -767,6 +798,7 @@ impl Dispatcher {
                 }
             },
             AgentEvent::Error { error } => {
+                self.stats.provider_error(s.provider.name(), error.label());
                 tracing::warn!(%call, error = %error, "provider error");
             }
             AgentEvent::Transcript {

@@ -26,7 +26,12 @@ use tokio::sync::watch;
 
 use super::metrics::Exposition;
 use crate::ari::flow::FlowStats;
-use crate::engine::control::ControlStats;
+use crate::call::{BARGE_IN_BUCKETS_MS, TURN_BUCKETS_MS};
+use crate::engine::bridge::EndReason;
+use crate::engine::control::{ControlStats, DURATION_BUCKETS_MS};
+use crate::engine::published::{Published, ShardSnapshot, JITTER_BUCKETS_MS};
+use crate::loadgen::procstat::{clock_ticks_per_second, ProcSample};
+use crate::provider::net::{connect_times, CONNECT_BUCKETS_MS, TIMED_PROVIDERS};
 
 /// The ARI side, when ARI is on.
 #[derive(Debug, Clone)]
@@ -67,6 +72,8 @@ pub struct HealthInputs {
     pub ari: Option<AriView>,
     /// The providers of this build and configuration.
     pub providers: Vec<ProviderStatus>,
+    /// The shards' published counters.
+    pub published: Arc<Published>,
 }
 
 struct Shared {
@@ -217,11 +224,19 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
         })
     });
     let active = active_calls(&i.control);
+    let shards: Vec<serde_json::Value> = i
+        .published
+        .shards()
+        .iter()
+        .enumerate()
+        .map(|(n, s)| json!({"shard": n, "calls": s.active_calls, "busy_ratio": (s.busy_ratio * 1000.0).round() / 1000.0}))
+        .collect();
     let body = json!({
         "status": if r.ready() { "healthy" } else { "degraded" },
         "version": i.version,
         "io_backend": i.io_backend,
         "shards": i.shards,
+        "shard_load": shards,
         "active_calls": active,
         "uptime_seconds": s.started.elapsed().as_secs(),
         "draining": r.draining,
@@ -233,10 +248,25 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
     axum::Json(body).into_response()
 }
 
+/// Seconds from a ms count.
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn ms_bounds(b: &[u64]) -> Vec<f64> {
+    b.iter().map(|&x| secs(x)).collect()
+}
+
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let i = &s.inputs;
     let c = &i.control;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let shards = i.published.shards();
+    let mut t = ShardSnapshot::default();
+    for sh in &shards {
+        t.add(sh);
+    }
+    let st = &t.stats;
     let mut e = Exposition::new();
     e.gauge(
         "voxd_up",
@@ -248,15 +278,175 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "Seconds since start.",
         &[(&[], s.started.elapsed().as_secs_f64())],
     );
+    let r = Readiness::of(&s);
+    e.gauge(
+        "voxd_ready",
+        "1 when /ready answers 200.",
+        &[(&[], if r.ready() { 1.0 } else { 0.0 })],
+    );
     e.gauge(
         "ai_agent_active_calls",
         "Calls with an agent session now.",
         &[(&[], active_calls(c) as f64)],
     );
+    let reasons: Vec<(Vec<(&str, &str)>, u64)> = EndReason::ALL
+        .iter()
+        .enumerate()
+        .map(|(n, r)| (vec![("reason", r.as_str())], load(&c.ends_by_reason[n])))
+        .collect();
+    let reason_samples: Vec<(&[(&str, &str)], u64)> =
+        reasons.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
     e.counter(
-        "voxd_sessions_started_total",
-        "Provider sessions started.",
-        &[(&[], load(&c.sessions_started))],
+        "ai_agent_calls_total",
+        "Calls ended, by reason.",
+        &reason_samples,
+    );
+    let d = *c.call_duration.lock().unwrap_or_else(|p| p.into_inner());
+    e.histogram(
+        "ai_agent_call_duration_seconds",
+        "Call length.",
+        &ms_bounds(&DURATION_BUCKETS_MS),
+        &d.buckets,
+        secs(d.sum_ms),
+    );
+    e.histogram(
+        "ai_agent_turn_response_seconds",
+        "Caller's last loud frame to the first frame of the agent's answer on the wire.",
+        &ms_bounds(&TURN_BUCKETS_MS),
+        &st.turn_response.buckets,
+        secs(st.turn_response.sum_ms),
+    );
+    e.histogram(
+        "ai_agent_barge_in_reaction_seconds",
+        "Barge-in (provider speech_started or local detection) to silence on the wire.",
+        &ms_bounds(&BARGE_IN_BUCKETS_MS),
+        &st.barge_in_reaction.buckets,
+        secs(st.barge_in_reaction.sum_ms),
+    );
+    e.counter(
+        "ai_agent_barge_in_events_total",
+        "Barge-ins (local and provider-driven).",
+        &[(&[], load(&c.barge_ins))],
+    );
+    e.counter(
+        "ai_agent_stream_frames_sent_total",
+        "20 ms frames sent to callers (audio and silence).",
+        &[(&[], st.frames_to_caller)],
+    );
+    e.counter(
+        "ai_agent_stream_underflow_events_total",
+        "Times the agent's audio ran dry mid-utterance.",
+        &[(&[], st.underflows)],
+    );
+    e.gauge(
+        "ai_agent_audiosocket_active_connections",
+        "AudioSocket connections up.",
+        &[(&[], t.audiosocket_connections as f64)],
+    );
+    e.counter(
+        "ai_agent_audiosocket_rx_bytes_total",
+        "AudioSocket bytes read.",
+        &[(&[], st.as_rx_bytes)],
+    );
+    e.counter(
+        "ai_agent_audiosocket_tx_bytes_total",
+        "AudioSocket bytes written.",
+        &[(&[], st.as_tx_bytes)],
+    );
+    e.counter(
+        "voxd_rtp_packets_total",
+        "RTP datagrams received and sent.",
+        &[
+            (&[("direction", "in")], st.rtp_in),
+            (&[("direction", "out")], st.rtp_out),
+        ],
+    );
+    e.counter(
+        "voxd_rtp_lost_packets_total",
+        "RTP packets never received (sequence gaps).",
+        &[(&[], st.rtp_lost)],
+    );
+    e.counter(
+        "voxd_rtp_late_packets_total",
+        "RTP packets that arrived after their playout slot.",
+        &[(&[], st.rtp_late)],
+    );
+    e.counter(
+        "voxd_rtp_reordered_packets_total",
+        "RTP packets that arrived out of order.",
+        &[(&[], st.rtp_reordered)],
+    );
+    e.counter(
+        "voxd_rtp_dropped_packets_total",
+        "RTP datagrams dropped (bad, wrong payload type, not allowed).",
+        &[(&[], st.rtp_dropped)],
+    );
+    e.histogram(
+        "voxd_rtp_jitter_seconds",
+        "RFC 3550 interarrival jitter of live RTP calls, sampled 4 times a second.",
+        &ms_bounds(&JITTER_BUCKETS_MS),
+        &t.rtp_jitter.buckets,
+        secs(t.rtp_jitter.sum_ms),
+    );
+    e.counter(
+        "voxd_ring_drops_total",
+        "Caller audio dropped because a shard-to-control ring was full.",
+        &[(&[], st.bridge_dropped)],
+    );
+    e.counter(
+        "voxd_refused_calls_total",
+        "Calls refused by a shard (max_calls, allowlist, draining).",
+        &[(&[], st.refused)],
+    );
+    e.counter(
+        "voxd_protocol_errors_total",
+        "Calls ended because the peer broke the protocol.",
+        &[(&[], st.protocol_errors)],
+    );
+    let idx: Vec<String> = (0..shards.len()).map(|n| n.to_string()).collect();
+    let calls: Vec<(Vec<(&str, &str)>, f64)> = shards
+        .iter()
+        .zip(&idx)
+        .map(|(sh, n)| (vec![("shard", n.as_str())], sh.active_calls as f64))
+        .collect();
+    let busy: Vec<(Vec<(&str, &str)>, f64)> = shards
+        .iter()
+        .zip(&idx)
+        .map(|(sh, n)| (vec![("shard", n.as_str())], sh.busy_ratio))
+        .collect();
+    let cs: Vec<(&[(&str, &str)], f64)> = calls.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+    e.gauge("voxd_shard_calls", "Calls on each shard.", &cs);
+    let bs: Vec<(&[(&str, &str)], f64)> = busy.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+    e.gauge(
+        "voxd_shard_busy_ratio",
+        "Share of the last quarter second each shard loop spent working.",
+        &bs,
+    );
+    let errs: Vec<((&str, &str), u64)> = c
+        .provider_errors
+        .lock()
+        .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+        .unwrap_or_default();
+    let err_labels: Vec<(Vec<(&str, &str)>, u64)> = errs
+        .iter()
+        .map(|((p, k), v)| (vec![("provider", *p), ("class", *k)], *v))
+        .collect();
+    let es: Vec<(&[(&str, &str)], u64)> =
+        err_labels.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+    e.counter(
+        "voxd_provider_errors_total",
+        "Provider errors by provider and kind.",
+        &es,
+    );
+    e.counter(
+        "voxd_provider_reconnects_total",
+        "Fast reconnects after a provider failure.",
+        &[(&[], load(&c.provider_reconnects))],
+    );
+    e.counter(
+        "voxd_provider_failures_total",
+        "Provider sessions that failed mid-call.",
+        &[(&[], load(&c.provider_failures))],
     );
     e.counter(
         "voxd_sessions_failed_total",
@@ -273,32 +463,36 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "Media sessions refused because voxd did not originate them.",
         &[(&[], load(&c.media_refused))],
     );
-    e.counter(
-        "voxd_provider_failures_total",
-        "Provider sessions that failed mid-call.",
-        &[(&[], load(&c.provider_failures))],
-    );
-    e.counter(
-        "voxd_provider_reconnects_total",
-        "Fast reconnects after a provider failure.",
-        &[(&[], load(&c.provider_reconnects))],
-    );
-    e.counter(
-        "ai_agent_barge_in_events_total",
-        "Barge-ins (local and provider-driven).",
-        &[(&[], load(&c.barge_ins))],
-    );
-    let r = Readiness::of(&s);
-    e.gauge(
-        "voxd_ready",
-        "1 when /ready answers 200.",
-        &[(&[], if r.ready() { 1.0 } else { 0.0 })],
+    // Connect times of the providers this configuration uses, one family.
+    let mut conn_counts = [0u64; 8];
+    let mut conn_sum = 0.0;
+    for name in TIMED_PROVIDERS {
+        if i.providers.iter().any(|p| p.name == name) {
+            if let Some((counts, sum)) = connect_times(name) {
+                for (a, b) in conn_counts.iter_mut().zip(counts) {
+                    *a += b;
+                }
+                conn_sum += sum;
+            }
+        }
+    }
+    e.histogram(
+        "voxd_provider_connect_seconds",
+        "TCP + TLS + WebSocket handshake time of provider sessions.",
+        &ms_bounds(&CONNECT_BUCKETS_MS),
+        &conn_counts,
+        conn_sum,
     );
     if let Some(a) = &i.ari {
         e.gauge(
             "voxd_ari_connected",
             "1 while the ARI events WebSocket is connected.",
             &[(&[], if *a.connected.borrow() { 1.0 } else { 0.0 })],
+        );
+        e.counter(
+            "voxd_ari_reconnects_total",
+            "Times the ARI events WebSocket came back after a loss.",
+            &[(&[], load(&a.stats.reconnects))],
         );
         e.counter(
             "voxd_ari_callers_total",
@@ -310,6 +504,24 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             "Calls whose set-up failed.",
             &[(&[], load(&a.stats.setup_failures))],
         );
+    }
+    if let Ok(p) = ProcSample::read_self() {
+        e.counter_f64(
+            "process_cpu_seconds_total",
+            "User and system CPU time.",
+            p.cpu_ticks() as f64 / clock_ticks_per_second().max(1) as f64,
+        );
+        e.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory.",
+            &[(&[], p.rss_bytes as f64)],
+        );
+        e.gauge(
+            "process_open_fds",
+            "Open file descriptors.",
+            &[(&[], p.fds as f64)],
+        );
+        e.gauge("process_threads", "Threads.", &[(&[], p.threads as f64)]);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

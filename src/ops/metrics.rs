@@ -52,6 +52,12 @@ impl Exposition {
         }
     }
 
+    /// A counter family with one unlabelled float sample (`process_cpu_seconds_total`).
+    pub fn counter_f64(&mut self, name: &str, help: &str, value: f64) {
+        self.header(name, help, "counter");
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+
     /// A gauge family.
     pub fn gauge(&mut self, name: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) {
         self.header(name, help, "gauge");

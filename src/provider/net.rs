@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -36,6 +37,40 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 /// Default time allowed for TCP + TLS + WebSocket handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Upper bounds (ms) of the connect-time buckets ([`connect_times`]).
+pub const CONNECT_BUCKETS_MS: [u64; 7] = [50, 100, 250, 500, 1000, 2500, 5000];
+
+/// Providers whose connects are timed, in [`connect_times`] order.
+pub const TIMED_PROVIDERS: [&str; 3] = ["openai_realtime", "deepgram", "local"];
+
+/// Successful connects per provider and bucket, and the sum of their times (µs):
+/// process-wide (not per call; read by `/metrics`).
+static CONNECT_COUNTS: [[AtomicU64; 8]; 3] = [const { [const { AtomicU64::new(0) }; 8] }; 3];
+static CONNECT_SUM_US: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// A provider's connect times so far: count per [`CONNECT_BUCKETS_MS`] bucket (plus
+/// one above) and the sum in seconds. `None` for a name not in
+/// [`TIMED_PROVIDERS`].
+pub fn connect_times(name: &str) -> Option<([u64; 8], f64)> {
+    let i = TIMED_PROVIDERS.iter().position(|p| *p == name)?;
+    let counts = std::array::from_fn(|b| CONNECT_COUNTS[i][b].load(Ordering::Relaxed));
+    let sum = CONNECT_SUM_US[i].load(Ordering::Relaxed) as f64 / 1e6;
+    Some((counts, sum))
+}
+
+fn record_connect(name: &str, took: Duration) {
+    let Some(i) = TIMED_PROVIDERS.iter().position(|p| *p == name) else {
+        return;
+    };
+    let ms = took.as_millis() as u64;
+    let b = CONNECT_BUCKETS_MS
+        .iter()
+        .position(|&x| ms <= x)
+        .unwrap_or(CONNECT_BUCKETS_MS.len());
+    CONNECT_COUNTS[i][b].fetch_add(1, Ordering::Relaxed);
+    CONNECT_SUM_US[i].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+}
 
 /// The rustls client configuration for `wss://` providers (webpki roots, ring),
 /// built once per process.
@@ -135,12 +170,16 @@ pub async fn connect(
         ..WebSocketConfig::default()
     };
     let fut = tokio_tungstenite::connect_async_tls_with_config(req, Some(ws_cfg), true, connector);
+    let started = std::time::Instant::now();
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(ProviderError::Timeout {
             name: name.to_string(),
             what: format!("connect ({} ms)", timeout.as_millis()),
         }),
-        Ok(Ok((ws, _resp))) => Ok(ws),
+        Ok(Ok((ws, _resp))) => {
+            record_connect(name, started.elapsed());
+            Ok(ws)
+        }
         Ok(Err(e)) => Err(ProviderError::Connect {
             name: name.to_string(),
             message: describe(&e),
