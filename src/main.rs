@@ -402,7 +402,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    init_logging(&loaded.config);
+    let set_log_level = init_logging(&loaded.config);
     let source = loaded
         .source
         .as_ref()
@@ -560,7 +560,23 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             engine.control_stats.clone(),
             flow.as_ref().map(|f| f.connected.clone()),
         ));
-        wait_for_shutdown().await;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut running = cfg.clone();
+        loop {
+            tokio::select! {
+                _ = wait_for_shutdown() => break,
+                _ = async {
+                    match hup.as_mut() {
+                        Some(h) => { h.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    notifier.notify("RELOADING=1");
+                    reload_config(loaded.source.as_deref(), &mut running, &engine, set_log_level.as_ref());
+                    notifier.notify("READY=1");
+                }
+            }
+        }
         notifier.notify("STOPPING=1");
         health.set_draining();
         engine.lifecycle.drain();
@@ -656,14 +672,89 @@ async fn wait_for_shutdown() {
     }
 }
 
-fn init_logging(cfg: &voxd::config::Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VOXD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.logging.level.as_str()));
-    let builder = tracing_subscriber::fmt()
+/// Changes the log level of the running process (reload).
+type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Logging from `logging.level` / `logging.format` (`VOXD_LOG` overrides the
+/// level); returns how to change the level later, unless `VOXD_LOG` pins it.
+fn init_logging(cfg: &voxd::config::Config) -> Option<SetLogLevel> {
+    use tracing_subscriber::EnvFilter;
+    let pinned = std::env::var_os("VOXD_LOG").is_some();
+    let filter = EnvFilter::try_from_env("VOXD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(cfg.logging.level.as_str()));
+    let base = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match cfg.logging.format {
-        voxd::config::LogFormat::Json => builder.json().try_init(),
-        _ => builder.try_init(),
+    let set: SetLogLevel = match cfg.logging.format {
+        voxd::config::LogFormat::Json => {
+            let b = base.json().with_filter_reloading();
+            let h = b.reload_handle();
+            if b.try_init().is_err() {
+                return None;
+            }
+            Box::new(move |level: &str| h.reload(EnvFilter::new(level)).map_err(|e| e.to_string()))
+        }
+        _ => {
+            let b = base.with_filter_reloading();
+            let h = b.reload_handle();
+            if b.try_init().is_err() {
+                return None;
+            }
+            Box::new(move |level: &str| h.reload(EnvFilter::new(level)).map_err(|e| e.to_string()))
+        }
     };
+    if pinned {
+        return None;
+    }
+    Some(set)
+}
+
+/// SIGHUP: read the configuration file again; apply what can change while calls
+/// run (to new calls), report what needs a restart. A file that does not validate,
+/// or whose providers cannot be built, changes nothing.
+fn reload_config(
+    source: Option<&std::path::Path>,
+    current: &mut voxd::config::Config,
+    engine: &voxd::engine::runner::Engine,
+    set_log_level: Option<&SetLogLevel>,
+) {
+    let new = match voxd::config::load(source) {
+        Ok(l) => l.config,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the configuration does not validate; nothing changed");
+            return;
+        }
+    };
+    let plan = voxd::ops::reload::diff(current, &new);
+    if plan.is_empty() {
+        tracing::info!("reload: configuration unchanged");
+        return;
+    }
+    let registry = match voxd::provider::Registry::from_config(&new) {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: providers cannot be built; nothing changed");
+            return;
+        }
+    };
+    engine.reload(&new, registry);
+    if plan.applied.iter().any(|k| k == "logging.level") {
+        if let Some(set) = set_log_level {
+            if let Err(e) = set(new.logging.level.as_str()) {
+                tracing::warn!(error = %e, "reload: cannot change the log level");
+            }
+        }
+    }
+    if !plan.needs_restart.is_empty() {
+        tracing::warn!(keys = ?plan.needs_restart, "reload: these changes need a restart and were not applied");
+    }
+    tracing::info!(applied = ?plan.applied, "reload: applied to new calls");
+    // What runs now: the applied blocks from the file, the rest as started.
+    current.barge_in = new.barge_in.clone();
+    current.streaming = new.streaming.clone();
+    current.providers = new.providers.clone();
+    current.agents = new.agents.clone();
+    current.provider_failure = new.provider_failure.clone();
+    current.default_provider = new.default_provider;
+    current.logging.level = new.logging.level;
 }

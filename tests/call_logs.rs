@@ -116,3 +116,140 @@ fn call_start_and_end_lines_summarise_and_redact() {
         "{start}"
     );
 }
+
+/// Lines of a child's stderr, collected by a thread.
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
+
+impl Lines {
+    fn start(stderr: std::process::ChildStderr) -> Lines {
+        let v = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = v.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(j) = serde_json::from_str::<serde_json::Value>(&line) {
+                    w.lock().unwrap().push(j);
+                }
+            }
+        });
+        Lines(v)
+    }
+
+    /// Wait for the `n`-th line (1-based) with this message; its fields.
+    fn wait(&self, message: &str, n: usize) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found: Vec<serde_json::Value> = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l["fields"]["message"] == message)
+                .map(|l| l["fields"].clone())
+                .collect();
+            if found.len() >= n {
+                return found[n - 1].clone();
+            }
+            assert!(Instant::now() < deadline, "no {message:?} #{n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn short_call(port: u16) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut hello = vec![0x01, 0, 16];
+    hello.extend_from_slice(&[0x43; 16]);
+    s.write_all(&hello).unwrap();
+    let mut f = vec![0x12, 0x02, 0x80];
+    f.extend(std::iter::repeat_n([0x10u8, 0x27], 320).flatten());
+    s.write_all(&f).unwrap();
+    let mut h = [0u8; 3];
+    s.read_exact(&mut h).unwrap();
+}
+
+#[test]
+fn sighup_applies_live_keys_to_new_calls_and_reports_the_rest() {
+    let dir = std::env::temp_dir().join(format!("voxd-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let (rtp, health) = (free_port(), free_port());
+    let yaml = |provider: &str, as_port: u16| {
+        format!(
+            "default_provider: {provider}\n\
+             audiosocket: {{host: 127.0.0.1, port: {as_port}}}\n\
+             external_media: {{rtp_host: 127.0.0.1, rtp_port: {rtp}}}\n\
+             health: {{host: 127.0.0.1, port: {health}}}\n\
+             engine: {{shards: 1}}\n\
+             logging: {{level: info, format: json}}\n"
+        )
+    };
+    let cfg = dir.join("voxd.yaml");
+    std::fs::write(&cfg, yaml("sim", port)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxd"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("ASTERISK_ARI_USERNAME")
+        .env_remove("VOXD_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::start(child.stderr.take().unwrap());
+    lines.wait("voxd listening", 1);
+    let pid = child.id().to_string();
+    let hup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+
+    short_call(port);
+    assert_eq!(lines.wait("call started", 1)["provider"], "sim");
+
+    // A new default provider (live) and a new port (needs a restart).
+    std::fs::write(&cfg, yaml("echo", free_port())).unwrap();
+    hup();
+    let applied = lines.wait("reload: applied to new calls", 1);
+    assert!(
+        applied["applied"]
+            .as_str()
+            .unwrap()
+            .contains("default_provider"),
+        "{applied}"
+    );
+    let restart = lines.wait(
+        "reload: these changes need a restart and were not applied",
+        1,
+    );
+    assert!(
+        restart["keys"].as_str().unwrap().contains("audiosocket"),
+        "{restart}"
+    );
+    short_call(port);
+    assert_eq!(
+        lines.wait("call started", 2)["provider"],
+        "echo",
+        "new calls: echo"
+    );
+
+    // A file that does not validate changes nothing.
+    std::fs::write(&cfg, "default_provider: nobody\n").unwrap();
+    hup();
+    lines.wait(
+        "reload refused: the configuration does not validate; nothing changed",
+        1,
+    );
+    short_call(port);
+    assert_eq!(lines.wait("call started", 3)["provider"], "echo");
+
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+}

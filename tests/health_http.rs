@@ -154,7 +154,8 @@ async fn endpoints_answer_and_metrics_pass_promtool() {
 
 /// Every metric family deploy/prometheus and deploy/grafana rely on
 /// (tests/deploy_files.rs checks they use no other).
-const EXPORTED: [&str; 31] = [
+const EXPORTED: [&str; 32] = [
+    "voxd_draining",
     "voxd_up",
     "voxd_ready",
     "voxd_uptime_seconds",

@@ -41,7 +41,7 @@ use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::call::Codec;
+use crate::call::{CallConfig, Codec};
 
 /// Largest audio payload in one [`AudioChunk`]: 20 ms of 24 kHz slin (or 60 ms of
 /// 16 kHz slin, or 240 ms of G.711).
@@ -341,6 +341,9 @@ pub enum ToShard {
         /// the barge-in reaction metric.
         at_ms: u64,
     },
+    /// Media settings for the shard's next calls (reload); the codecs in it are
+    /// ignored (each call takes its own).
+    Template(CallConfig),
     /// The call's provider uses these codecs (sent once, before its audio, when
     /// they differ from the shard's default for the transport).
     ProviderCodecs {

@@ -90,13 +90,43 @@ impl ControlStats {
     }
 }
 
-/// Per-dispatcher settings from the configuration.
+/// Per-dispatcher settings from the configuration that only a restart changes.
 #[derive(Debug, Clone, Default)]
 pub struct DispatchSettings {
-    /// `provider_failure`.
-    pub policy: ProviderFailureConfig,
     /// `logging.pii`.
     pub pii: bool,
+}
+
+/// What a reload (SIGHUP, `POST /reload`) can change for calls that start from now
+/// on: the providers (and agents) and the failure policy. Read once per call
+/// start, never per frame.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// Providers for new calls.
+    pub registry: Arc<Registry>,
+    /// `provider_failure` for calls that fail from now on.
+    pub policy: ProviderFailureConfig,
+}
+
+/// The dispatchers' shared [`LiveSettings`], swapped whole by a reload.
+#[derive(Debug, Clone)]
+pub struct LiveHandle(Arc<std::sync::RwLock<Arc<LiveSettings>>>);
+
+impl LiveHandle {
+    /// A handle on `settings`.
+    pub fn new(settings: LiveSettings) -> LiveHandle {
+        LiveHandle(Arc::new(std::sync::RwLock::new(Arc::new(settings))))
+    }
+
+    /// The settings now.
+    pub fn get(&self) -> Arc<LiveSettings> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replace the settings (calls already up keep their provider session).
+    pub fn replace(&self, settings: LiveSettings) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+    }
 }
 
 /// A peer address in a log line: shown only with `logging.pii: true`.
@@ -162,6 +192,8 @@ pub enum ControlCmd {
         /// Its binding.
         binding: Binding,
     },
+    /// Media settings for calls that start from now on (reload).
+    Template(crate::call::CallConfig),
     /// DTMF from ARI (`ChannelDtmfReceived`) for the call's agent.
     Dtmf {
         /// The call.
@@ -209,6 +241,15 @@ impl Peers {
         let mut map = self.uuids.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(&uuid) == Some(&call) {
             map.remove(&uuid);
+        }
+    }
+
+    /// Tell every shard the media settings for its next calls (reload).
+    pub fn broadcast_template(&self, template: crate::call::CallConfig) {
+        for tx in &self.cmds {
+            if tx.try_send(ControlCmd::Template(template)).is_err() {
+                tracing::warn!("dispatcher command queue full or closed; new media settings not delivered to one shard");
+            }
         }
     }
 
@@ -263,14 +304,12 @@ struct Session {
 /// Everything one dispatcher owns.
 struct Dispatcher {
     ctrl: ControlEnd,
-    registry: Arc<Registry>,
+    live: LiveHandle,
     credit_ms: u32,
     stats: Arc<ControlStats>,
     peers: Arc<Peers>,
     ari: Option<AriMode>,
     sessions: HashMap<CallKey, Session>,
-    /// What to do when a provider fails.
-    policy: ProviderFailureConfig,
     /// `logging.pii`: log peer addresses in the clear.
     pii: bool,
     /// RTP sessions waiting for their binding: since when, and their facts.
@@ -289,7 +328,7 @@ struct Dispatcher {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     ctrl: ControlEnd,
-    registry: Arc<Registry>,
+    live: LiveHandle,
     credit_ms: u32,
     stats: Arc<ControlStats>,
     peers: Arc<Peers>,
@@ -300,13 +339,12 @@ pub async fn run(
     let (agent_tx, mut agent_rx) = mpsc::channel::<(CallKey, SessionMsg)>(1024);
     let mut d = Dispatcher {
         ctrl,
-        registry,
+        live,
         credit_ms,
         stats,
         peers,
         ari,
         sessions: HashMap::new(),
-        policy: settings.policy,
         pii: settings.pii,
         parked: HashMap::new(),
         agent_tx,
@@ -422,6 +460,7 @@ impl Dispatcher {
                     }
                 }
             }
+            ControlCmd::Template(t) => self.push_control(ToShard::Template(t)),
             ControlCmd::Dtmf { call, digit } => {
                 if let Some(s) = self.sessions.get(&call) {
                     let _ = s.events.try_send(CallerEvent::Dtmf(digit));
@@ -575,7 +614,12 @@ impl Dispatcher {
     fn start_session(&mut self, call: CallKey, info: CallInfo, binding: Option<Binding>) {
         let requested = binding.as_ref().and_then(|b| b.provider.as_deref());
         let agent = binding.as_ref().and_then(|b| b.agent.clone());
-        let provider = match self.registry.resolve_for(requested, agent.as_deref()) {
+        let provider = match self
+            .live
+            .get()
+            .registry
+            .resolve_for(requested, agent.as_deref())
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(%call, error = %e, "no provider for the call; hanging up");
@@ -667,6 +711,7 @@ impl Dispatcher {
     /// ignored; a clean end by the agent ends the call; a failure gets one fast
     /// reconnect (provider faults, `provider_failure.reconnect`), then the policy.
     fn on_session_end(&mut self, call: CallKey, attempt: u32, end: SessionEnd) {
+        let reconnect = self.live.get().policy.reconnect;
         let Some(s) = self.sessions.get_mut(&call) else {
             return;
         };
@@ -689,7 +734,7 @@ impl Dispatcher {
             error = %error,
             "provider session failed"
         );
-        if self.policy.reconnect && attempt == 0 && error.fault() == Fault::Provider {
+        if reconnect && attempt == 0 && error.fault() == Fault::Provider {
             self.stats
                 .provider_reconnects
                 .fetch_add(1, Ordering::Relaxed);
@@ -718,14 +763,15 @@ impl Dispatcher {
         self.stats
             .failure_policy_applied
             .fetch_add(1, Ordering::Relaxed);
-        let policy = self.policy.on_provider_failure;
+        let live = self.live.get();
+        let policy = live.policy.on_provider_failure;
         let action = match policy {
             OnProviderFailure::AnnounceHangup => Some(AgentAction::AnnounceHangup {
-                media: self.policy.prompt.clone(),
+                media: live.policy.prompt.clone(),
             }),
             OnProviderFailure::DialplanRedirect => Some(AgentAction::Transfer {
-                context: self.policy.context.clone(),
-                exten: self.policy.extension.clone(),
+                context: live.policy.context.clone(),
+                exten: live.policy.extension.clone(),
             }),
             OnProviderFailure::LeaveOpen => None,
         };

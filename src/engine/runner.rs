@@ -101,6 +101,8 @@ pub struct Engine {
     pub lifecycle: Arc<Lifecycle>,
     /// Each shard's published counters (for `/metrics` and `/health`).
     pub published: Arc<super::published::Published>,
+    /// Providers and failure policy for new calls (a reload swaps them).
+    pub live: control::LiveHandle,
 }
 
 fn resolve(what: &'static str, host: &str, port: u16) -> Result<SocketAddr, EngineError> {
@@ -270,6 +272,10 @@ impl Engine {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let lifecycle = Arc::new(Lifecycle::new(n, super::io::monotonic_ms()));
+        let live = control::LiveHandle::new(control::LiveSettings {
+            registry: registry.clone(),
+            policy: cfg.provider_failure.clone(),
+        });
         let published = super::published::Published::new(n);
         let control_stats = Arc::new(ControlStats::default());
         let mut threads = Vec::with_capacity(n);
@@ -311,14 +317,13 @@ impl Engine {
             };
             dispatchers.push(tokio::spawn(control::run(
                 control_end,
-                registry.clone(),
+                live.clone(),
                 credit_ms,
                 control_stats.clone(),
                 peers.clone(),
                 cmds,
                 ari.clone(),
                 control::DispatchSettings {
-                    policy: cfg.provider_failure.clone(),
                     pii: cfg.logging.pii,
                 },
             )));
@@ -336,7 +341,18 @@ impl Engine {
             peers,
             lifecycle,
             published,
+            live,
         })
+    }
+
+    /// Reload: new calls use these providers, failure policy and media settings
+    /// (`barge_in`, `streaming`); calls already up keep theirs.
+    pub fn reload(&self, cfg: &Config, registry: Arc<Registry>) {
+        self.live.replace(control::LiveSettings {
+            registry,
+            policy: cfg.provider_failure.clone(),
+        });
+        self.peers.broadcast_template(call_template(cfg));
     }
 
     /// Calls with an agent session now (all shards).

@@ -803,6 +803,16 @@ impl Shard {
                         at_ms: (*at_ms).min(now),
                     }),
                 ),
+                ToShard::Template(t) => {
+                    let keep = self.spec.call_template;
+                    self.spec.call_template = crate::call::CallConfig {
+                        caller: keep.caller,
+                        provider: keep.provider,
+                        provider_out: keep.provider_out,
+                        ..*t
+                    };
+                    continue;
+                }
                 ToShard::ProviderCodecs {
                     call,
                     input,

@@ -285,6 +285,11 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         &[(&[], if r.ready() { 1.0 } else { 0.0 })],
     );
     e.gauge(
+        "voxd_draining",
+        "1 while voxd drains (SIGTERM: no new calls).",
+        &[(&[], if r.draining { 1.0 } else { 0.0 })],
+    );
+    e.gauge(
         "ai_agent_active_calls",
         "Calls with an agent session now.",
         &[(&[], active_calls(c) as f64)],
