@@ -481,6 +481,9 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<
+            tokio::sync::oneshot::Sender<serde_json::Value>,
+        >(4);
         let inputs = voxd::ops::health::HealthInputs {
             version: env!("CARGO_PKG_VERSION"),
             io_backend: engine.backend.as_str(),
@@ -489,6 +492,9 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             rtp: engine.rtp_addr,
             control: engine.control_stats.clone(),
             published: engine.published.clone(),
+            token: std::env::var("HEALTH_API_TOKEN").ok().filter(|t| !t.is_empty()),
+            pii: cfg.logging.pii,
+            reload: Some(reload_tx),
             ari: flow.as_ref().map(|f| voxd::ops::health::AriView {
                 connected: f.connected.clone(),
                 stats: f.stats.clone(),
@@ -574,6 +580,12 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
                     notifier.notify("RELOADING=1");
                     reload_config(loaded.source.as_deref(), &mut running, &engine, set_log_level.as_ref());
                     notifier.notify("READY=1");
+                }
+                Some(reply) = reload_rx.recv() => {
+                    notifier.notify("RELOADING=1");
+                    let outcome = reload_config(loaded.source.as_deref(), &mut running, &engine, set_log_level.as_ref());
+                    notifier.notify("READY=1");
+                    let _ = reply.send(outcome);
                 }
             }
         }
@@ -717,24 +729,25 @@ fn reload_config(
     current: &mut voxd::config::Config,
     engine: &voxd::engine::runner::Engine,
     set_log_level: Option<&SetLogLevel>,
-) {
+) -> serde_json::Value {
+    let refused = |why: String| serde_json::json!({"ok": false, "error": why});
     let new = match voxd::config::load(source) {
         Ok(l) => l.config,
         Err(e) => {
             tracing::error!(error = %e, "reload refused: the configuration does not validate; nothing changed");
-            return;
+            return refused(format!("the configuration does not validate: {e}"));
         }
     };
     let plan = voxd::ops::reload::diff(current, &new);
     if plan.is_empty() {
         tracing::info!("reload: configuration unchanged");
-        return;
+        return serde_json::json!({"ok": true, "applied": [], "needs_restart": []});
     }
     let registry = match voxd::provider::Registry::from_config(&new) {
         Ok(r) => std::sync::Arc::new(r),
         Err(e) => {
             tracing::error!(error = %e, "reload refused: providers cannot be built; nothing changed");
-            return;
+            return refused(format!("providers cannot be built: {e}"));
         }
     };
     engine.reload(&new, registry);
@@ -757,4 +770,5 @@ fn reload_config(
     current.provider_failure = new.provider_failure.clone();
     current.default_provider = new.default_provider;
     current.logging.level = new.logging.level;
+    serde_json::json!({"ok": true, "applied": plan.applied, "needs_restart": plan.needs_restart})
 }

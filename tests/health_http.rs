@@ -338,3 +338,83 @@ async fn sigterm_drains_then_exits_zero() {
     .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn admin_endpoints_need_the_token_and_list_sessions_and_reload() {
+    let dir = std::env::temp_dir().join(format!("voxd-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (health, as_port) = (free_port(), free_port());
+    let _voxd = serve(
+        &dir,
+        &yaml_with(health, as_port, "default_provider: echo\n"),
+        &[("HEALTH_API_TOKEN", "t0ken")],
+    );
+    let base = format!("http://127.0.0.1:{health}");
+    until(&format!("{base}/ready"), "ready", |c, _| c == 200).await;
+    let call = tokio::task::spawn_blocking(move || {
+        let mut c = audiosocket_call(as_port, 5);
+        send_frame(&mut c).unwrap();
+        assert!(read_frame(&mut c).is_some());
+        c
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    // Without the token: refused, even from loopback.
+    let r = client.get(format!("{base}/sessions")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .get(format!("{base}/sessions"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let deadline = Instant::now() + LIMIT;
+    let list = loop {
+        let r = client
+            .get(format!("{base}/sessions"))
+            .bearer_auth("t0ken")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        if v["count"] == 1 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the call never listed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let s = &list["sessions"][0];
+    assert_eq!(s["provider"], "echo");
+    assert_eq!(s["transport"], "audiosocket");
+    assert_eq!(s["remote"], "[redacted]");
+    // Reload through HTTP: nothing changed in the file.
+    let r = client.post(format!("{base}/reload")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .post(format!("{base}/reload"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    // A file that does not validate: refused with the reason.
+    std::fs::write(dir.join("voxd.yaml"), "default_provider: nobody\n").unwrap();
+    let r = client
+        .post(format!("{base}/reload"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("default_provider"),
+        "{v}"
+    );
+    drop(call);
+}

@@ -73,6 +73,25 @@ pub struct ControlStats {
     /// Provider errors by (provider, kind): fatal ones that ended a session and
     /// non-fatal ones the provider reported.
     pub provider_errors: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    /// The calls up now, for `GET /sessions` (updated at call start and end only).
+    pub sessions: Mutex<HashMap<CallKey, SessionInfo>>,
+}
+
+/// One call as `GET /sessions` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Provider serving it.
+    pub provider: &'static str,
+    /// `AI_AGENT`, if any.
+    pub agent: Option<String>,
+    /// `AudioSocket` or `Rtp`.
+    pub transport: &'static str,
+    /// The ARI caller channel, when ARI controls the call.
+    pub caller_channel: Option<String>,
+    /// Asterisk's address for the call.
+    pub remote: std::net::SocketAddr,
+    /// When it started.
+    pub started: Instant,
 }
 
 /// Upper bounds (ms) of the call duration buckets.
@@ -544,6 +563,9 @@ impl Dispatcher {
                     self.stats.ends_by_reason[i].fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(s) = self.sessions.remove(&call) {
+                    if let Ok(mut m) = self.stats.sessions.lock() {
+                        m.remove(&call);
+                    }
                     self.stats.sessions_ended.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .call_duration
@@ -668,6 +690,22 @@ impl Dispatcher {
                 caller: b.caller.clone(),
                 call,
             });
+        }
+        if let Ok(mut m) = self.stats.sessions.lock() {
+            m.insert(
+                call,
+                SessionInfo {
+                    provider: provider.name(),
+                    agent: agent.clone(),
+                    transport: match info.transport {
+                        Transport::AudioSocket => "audiosocket",
+                        Transport::Rtp => "rtp",
+                    },
+                    caller_channel: binding.as_ref().map(|b| b.caller.clone()),
+                    remote: info.remote,
+                    started: Instant::now(),
+                },
+            );
         }
         tracing::info!(
             %call,

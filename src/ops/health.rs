@@ -74,6 +74,14 @@ pub struct HealthInputs {
     pub providers: Vec<ProviderStatus>,
     /// The shards' published counters.
     pub published: Arc<Published>,
+    /// `HEALTH_API_TOKEN`: with it, `/sessions` and `/reload` need
+    /// `Authorization: Bearer <token>`; without it they answer loopback peers only.
+    pub token: Option<String>,
+    /// `logging.pii`: show peer addresses in `/sessions`.
+    pub pii: bool,
+    /// Where `POST /reload` sends its request (the process's reload loop answers
+    /// with the outcome); `None`: reload not offered.
+    pub reload: Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<serde_json::Value>>>,
 }
 
 struct Shared {
@@ -107,14 +115,19 @@ impl HealthServer {
             .route("/ready", get(ready))
             .route("/health", get(health))
             .route("/metrics", get(metrics))
+            .route("/sessions", get(sessions))
+            .route("/reload", axum::routing::post(reload))
             .with_state(shared.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            let r = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "health server failed");
             }
@@ -177,6 +190,115 @@ fn active_calls(c: &ControlStats) -> u64 {
     c.sessions_started
         .load(Ordering::Relaxed)
         .saturating_sub(c.sessions_ended.load(Ordering::Relaxed))
+}
+
+/// `None` when the admin request may proceed, else the refusal.
+fn admin_refusal(
+    s: &Shared,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+) -> Option<Response> {
+    match &s.inputs.token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let ok = given.is_some_and(|g| {
+                g.len() == token.len()
+                    && g.bytes().zip(token.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+            });
+            (!ok).then(|| {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"error": "needs Authorization: Bearer <HEALTH_API_TOKEN>"})),
+                )
+                    .into_response()
+            })
+        }
+        None => (!peer.ip().is_loopback()).then(|| {
+            (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({"error": "admin endpoints answer loopback only; set HEALTH_API_TOKEN to allow others"})),
+            )
+                .into_response()
+        }),
+    }
+}
+
+async fn sessions(
+    State(s): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(r) = admin_refusal(&s, peer, &headers) {
+        return r;
+    }
+    let list: Vec<serde_json::Value> = s
+        .inputs
+        .control
+        .sessions
+        .lock()
+        .map(|m| {
+            let mut v: Vec<_> = m
+                .iter()
+                .map(|(k, i)| {
+                    json!({
+                        "call": k.to_string(),
+                        "provider": i.provider,
+                        "agent": i.agent,
+                        "transport": i.transport,
+                        "caller_channel": i.caller_channel,
+                        "remote": if s.inputs.pii { i.remote.to_string() } else { "[redacted]".to_string() },
+                        "duration_seconds": i.started.elapsed().as_secs(),
+                    })
+                })
+                .collect();
+            v.sort_by(|a, b| a["call"].as_str().cmp(&b["call"].as_str()));
+            v
+        })
+        .unwrap_or_default();
+    axum::Json(json!({"count": list.len(), "sessions": list})).into_response()
+}
+
+async fn reload(
+    State(s): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(r) = admin_refusal(&s, peer, &headers) {
+        return r;
+    }
+    let Some(tx) = &s.inputs.reload else {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            axum::Json(json!({"error": "this process does not reload"})),
+        )
+            .into_response();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if tx.send(reply).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "shutting down"})),
+        )
+            .into_response();
+    }
+    match answer.await {
+        Ok(outcome) => {
+            let code = if outcome["ok"] == true {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            (code, axum::Json(outcome)).into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "reload did not answer"})),
+        )
+            .into_response(),
+    }
 }
 
 async fn live() -> &'static str {
