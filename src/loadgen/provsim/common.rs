@@ -492,12 +492,37 @@ impl Conn {
         }
     }
 
+    /// The armed fault is due: `Stall` / `SlowRead` take effect here; the others are
+    /// returned for the protocol to perform.
+    fn inject_due_fault(&mut self) -> Option<Input> {
+        self.fault_done = true;
+        self.fault_at = None;
+        let f = self.fault?;
+        self.shared.add(|s| s.faults_injected += 1);
+        tracing::debug!(conn = self.no, fault = ?f, "provider sim: injecting fault");
+        match f {
+            Fault::Stall => self.stalled = true,
+            Fault::SlowRead => self.slow_read = true,
+            f => return Some(Input::Fault(f)),
+        }
+        None
+    }
+
     /// Wait for the next client message, the wake-up time (ms on the connection's
     /// clock), a due fault, or shutdown. `Stall` and `SlowRead` take effect here.
     pub(crate) async fn next(&mut self, wake_ms: Option<u64>) -> Input {
         let wake = wake_ms.map(|ms| self.at(ms));
         loop {
             let fault_at = self.fault_at.filter(|_| !self.fault_done);
+            // A fault already due takes effect before anything else is read: a
+            // timer whose deadline has passed may still need a driver turn to fire,
+            // and a message waiting on the socket must not overtake it.
+            if fault_at.is_some_and(|at| at <= Instant::now()) {
+                if let Some(input) = self.inject_due_fault() {
+                    return input;
+                }
+                continue;
+            }
             tokio::select! {
                 biased;
                 r = self.shutdown.changed() => {
@@ -506,15 +531,8 @@ impl Conn {
                     }
                 }
                 () = sleep_until(fault_at.unwrap_or_else(Instant::now)), if fault_at.is_some() => {
-                    self.fault_done = true;
-                    self.fault_at = None;
-                    let Some(f) = self.fault else { continue };
-                    self.shared.add(|s| s.faults_injected += 1);
-                    tracing::debug!(conn = self.no, fault = ?f, "provider sim: injecting fault");
-                    match f {
-                        Fault::Stall => self.stalled = true,
-                        Fault::SlowRead => self.slow_read = true,
-                        f => return Input::Fault(f),
+                    if let Some(input) = self.inject_due_fault() {
+                        return input;
                     }
                 }
                 () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
