@@ -253,3 +253,77 @@ fn sighup_applies_live_keys_to_new_calls_and_reports_the_rest() {
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// voxd with `logging.audit_path: audit`; one short call; its stderr lines.
+fn audited_call(audit: &std::path::Path) -> Lines {
+    let dir = std::env::temp_dir().join(format!("voxd-audit-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "default_provider: echo\n\
+         audiosocket: {{host: 127.0.0.1, port: {port}}}\n\
+         external_media: {{rtp_host: 127.0.0.1, rtp_port: {}}}\n\
+         health: {{host: 127.0.0.1, port: {}}}\n\
+         engine: {{shards: 1}}\n\
+         logging: {{level: info, format: json, audit_path: '{}'}}\n",
+        free_port(),
+        free_port(),
+        audit.display()
+    );
+    let cfg = dir.join("voxd.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxd"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("ASTERISK_ARI_USERNAME")
+        .env_remove("VOXD_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::start(child.stderr.take().unwrap());
+    lines.wait("voxd listening", 1);
+    short_call(port);
+    lines.wait("call ended", 1);
+    // A second call works whatever happened to the audit log.
+    short_call(port);
+    lines.wait("call ended", 2);
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    lines
+}
+
+#[test]
+fn audit_log_records_the_call_lifecycle_and_survives_a_full_disk() {
+    let dir = std::env::temp_dir().join(format!("voxd-audit-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("audit.jsonl");
+    let _ = std::fs::remove_file(&path);
+    audited_call(&path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = recs.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["call_started", "call_ended", "call_started", "call_ended"]
+    );
+    assert_eq!(recs[1]["provider"], "echo");
+    assert_eq!(recs[1]["reason"], "caller_hangup");
+    assert!(recs[0]["ts"].is_string());
+    assert!(
+        !text.contains("127.0.0.1"),
+        "no peer addresses in the audit log"
+    );
+
+    // /dev/full: every write fails (ENOSPC); voxd keeps serving and says so once.
+    let lines = audited_call(std::path::Path::new("/dev/full"));
+    lines.wait(
+        "audit log write failed; calls go on, records are lost until it works again",
+        1,
+    );
+}

@@ -114,6 +114,8 @@ impl ControlStats {
 pub struct DispatchSettings {
     /// `logging.pii`.
     pub pii: bool,
+    /// `logging.audit_path`, opened.
+    pub audit: Option<crate::ops::audit::AuditLog>,
 }
 
 /// What a reload (SIGHUP, `POST /reload`) can change for calls that start from now
@@ -331,6 +333,8 @@ struct Dispatcher {
     sessions: HashMap<CallKey, Session>,
     /// `logging.pii`: log peer addresses in the clear.
     pii: bool,
+    /// Call lifecycle records.
+    audit: Option<crate::ops::audit::AuditLog>,
     /// RTP sessions waiting for their binding: since when, and their facts.
     parked: HashMap<CallKey, (Instant, CallInfo)>,
     agent_tx: mpsc::Sender<(CallKey, SessionMsg)>,
@@ -365,6 +369,7 @@ pub async fn run(
         ari,
         sessions: HashMap::new(),
         pii: settings.pii,
+        audit: settings.audit,
         parked: HashMap::new(),
         agent_tx,
         retry: VecDeque::new(),
@@ -572,6 +577,21 @@ impl Dispatcher {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .record(&DURATION_BUCKETS_MS, summary.duration_ms);
+                    if let Some(a) = &self.audit {
+                        a.record(
+                            "call_ended",
+                            serde_json::json!({
+                                "call": call.to_string(),
+                                "provider": s.provider.name(),
+                                "agent": s.agent,
+                                "caller_channel": s.binding.as_ref().map(|b| b.caller.clone()),
+                                "reason": reason.as_str(),
+                                "duration_ms": summary.duration_ms,
+                                "turns": s.turns,
+                                "provider_reconnected": s.attempt > 0,
+                            }),
+                        );
+                    }
                     tracing::info!(
                         %call,
                         provider = s.provider.name(),
@@ -705,6 +725,21 @@ impl Dispatcher {
                     remote: info.remote,
                     started: Instant::now(),
                 },
+            );
+        }
+        if let Some(a) = &self.audit {
+            a.record(
+                "call_started",
+                serde_json::json!({
+                    "call": call.to_string(),
+                    "provider": provider.name(),
+                    "agent": agent,
+                    "caller_channel": binding.as_ref().map(|b| b.caller.clone()),
+                    "transport": match info.transport {
+                        Transport::AudioSocket => "audiosocket",
+                        Transport::Rtp => "rtp",
+                    },
+                }),
             );
         }
         tracing::info!(

@@ -272,6 +272,17 @@ impl Engine {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let lifecycle = Arc::new(Lifecycle::new(n, super::io::monotonic_ms()));
+        let audit = match &cfg.logging.audit_path {
+            None => None,
+            Some(p) => Some(
+                crate::ops::audit::AuditLog::open(std::path::Path::new(p)).map_err(|e| {
+                    EngineError::Setup(std::io::Error::new(
+                        e.kind(),
+                        format!("logging.audit_path {p}: {e}"),
+                    ))
+                })?,
+            ),
+        };
         let live = control::LiveHandle::new(control::LiveSettings {
             registry: registry.clone(),
             policy: cfg.provider_failure.clone(),
@@ -325,6 +336,7 @@ impl Engine {
                 ari.clone(),
                 control::DispatchSettings {
                     pii: cfg.logging.pii,
+                    audit: audit.clone(),
                 },
             )));
         }

@@ -8,6 +8,7 @@
 //! Must not: block the runtime, expose per-call labels (a label per call would grow
 //! without bound), or print a secret.
 
+pub mod audit;
 pub mod health;
 pub mod metrics;
 pub mod reload;
