@@ -492,6 +492,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             rtp: engine.rtp_addr,
             control: engine.control_stats.clone(),
             published: engine.published.clone(),
+            live: Some(engine.live.clone()),
             token: std::env::var("HEALTH_API_TOKEN").ok().filter(|t| !t.is_empty()),
             pii: cfg.logging.pii,
             reload: Some(reload_tx),

@@ -285,3 +285,58 @@ fn loadgen_via_ari_measures_calls_voxd_originated_and_leaves_nothing() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn loadgen_runs_each_provider_simulator_and_no_key_reaches_the_logs() {
+    let dir = temp_dir("provider");
+    for provider in ["openai_realtime", "deepgram", "local"] {
+        let (as_port, rtp_port, health) = (free_tcp_port(), free_udp_port(), free_tcp_port());
+        let cfg = dir.join(format!("{provider}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "default_provider: {provider}\n\
+                 audiosocket: {{host: 127.0.0.1, port: {as_port}, format: slin16}}\n\
+                 external_media: {{rtp_host: 127.0.0.1, rtp_port: {rtp_port}, codec: ulaw}}\n\
+                 health: {{host: 127.0.0.1, port: {health}}}\n\
+                 providers: {{sim: {{enabled: false}}, {provider}: {{enabled: true, base_url: '${{VOXD_SIM_URL}}'}}}}\n\
+                 engine: {{shards: 1}}\n\
+                 logging: {{level: debug}}\n"
+            ),
+        )
+        .unwrap();
+        let json = dir.join(format!("{provider}.json"));
+        let out = Command::new(BIN)
+            .args(["loadgen", "--provider", provider, "--spawn"])
+            .arg(&cfg)
+            .args(["--calls", "4", "--rate", "50", "--seconds", "4"])
+            .args(["--think-ms", "300", "--initial-pause-ms", "200", "-q"])
+            .arg("--json")
+            .arg(&json)
+            .env("VOXD_LOG", "debug")
+            .output()
+            .expect("loadgen runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{provider}: exit {:?}: {stderr}",
+            out.status
+        );
+        // The simulator's report: it saw voxd's sessions and no protocol error.
+        assert!(
+            stdout.contains("protocol violations: none"),
+            "{provider}: {stdout}"
+        );
+        assert!(stdout.contains("connections 4"), "{provider}: {stdout}");
+        // The child's debug log went through our stderr: the key is in none of it.
+        assert!(stderr.contains("voxd| "), "{provider}: child log missing");
+        assert!(
+            !stderr.contains(voxd::loadgen::provider_run::SIM_KEY),
+            "{provider}: the key was logged: {stderr}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(v["counts"]["turns_unanswered"], 0, "{provider}: {v}");
+    }
+}

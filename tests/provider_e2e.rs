@@ -112,6 +112,18 @@ fn a_call_through_each_provider_simulator() {
                     || voiced(&rig, &id) > 25,
                 )
                 .await;
+                if case.protocol == SimProtocol::OpenAi {
+                    // rate_limits.updated after the reply: exported as gauges.
+                    let engine = rig.engine.as_ref().unwrap();
+                    until("rate limits reported", || {
+                        engine.live.get().registry.gauges().iter().any(|(p, n, v)| {
+                            *p == "openai_realtime"
+                                && *n == "rate_limit_requests_remaining"
+                                && *v > 0.0
+                        })
+                    })
+                    .await;
+                }
                 rig.emu.hangup_caller(&id).unwrap();
                 until_clean(&rig, "nothing left").await;
                 assert_clean(&rig.stop().await);
@@ -201,5 +213,28 @@ fn a_wrong_key_is_refused_and_the_caller_not_left_in_silence() {
         assert_clean(&rig.stop().await);
         let stats = sim.stop().await;
         assert_eq!(stats.auth_failures, 2, "first try and one reconnect");
+    });
+}
+
+#[test]
+fn a_stalled_or_slow_reading_provider_leaves_nothing_behind() {
+    runtime().block_on(async {
+        for case in &CASES {
+            for fault in [Fault::Stall, Fault::SlowRead] {
+                let sim = sim(case.protocol, Some(fault)).await;
+                let rig = rig(case, &sim.url(), "audiosocket", "").await;
+                let id = rig.emu.place_call(CallSpec::default()).unwrap();
+                until(&format!("{} {fault:?}: media flows", case.name), || {
+                    rig.emu.media_stats(&id).is_some_and(|m| m.frames_sent > 50)
+                })
+                .await;
+                rig.emu.hangup_caller(&id).unwrap();
+                until_clean(&rig, "nothing left").await;
+                assert_clean(&rig.stop().await);
+                let stats = sim.stop().await;
+                assert_eq!(stats.connections, 1, "{} {fault:?}", case.name);
+                assert!(stats.violations.is_empty(), "{:?}", stats.violations);
+            }
+        }
     });
 }

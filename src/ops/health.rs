@@ -74,6 +74,8 @@ pub struct HealthInputs {
     pub providers: Vec<ProviderStatus>,
     /// The shards' published counters.
     pub published: Arc<Published>,
+    /// The providers of new calls (a reload swaps them), for their gauges.
+    pub live: Option<crate::engine::control::LiveHandle>,
     /// `HEALTH_API_TOKEN`: with it, `/sessions` and `/reload` need
     /// `Authorization: Bearer <token>`; without it they answer loopback peers only.
     pub token: Option<String>,
@@ -565,6 +567,20 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "Provider errors by provider and kind.",
         &es,
     );
+    if let Some(live) = &i.live {
+        let g = live.get().registry.gauges();
+        let labels: Vec<(Vec<(&str, &str)>, f64)> = g
+            .iter()
+            .map(|(p, n, v)| (vec![("provider", *p), ("name", *n)], *v))
+            .collect();
+        let gs: Vec<(&[(&str, &str)], f64)> =
+            labels.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+        e.gauge(
+            "voxd_provider_gauge",
+            "Provider-wide gauges (OpenAI rate_limits.updated: requests / tokens remaining and limit).",
+            &gs,
+        );
+    }
     e.counter(
         "voxd_provider_reconnects_total",
         "Fast reconnects after a provider failure.",

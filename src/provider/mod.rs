@@ -415,6 +415,12 @@ pub trait Provider: Send + Sync + 'static {
     /// a chosen runtime or inside another task; [`Provider::start`] spawns it.
     fn session(&self, meta: SessionMeta, io: SessionIo) -> SessionFuture;
 
+    /// Provider-wide gauges for `/metrics` (`(name, value)`, name a fixed label
+    /// value such as `requests_remaining`); none by default.
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+
     /// Spawn the call's session on the current tokio runtime (the control runtime).
     /// Panics when called outside a tokio runtime.
     fn start(&self, meta: SessionMeta, io: SessionIo) -> tokio::task::JoinHandle<SessionEnd> {
@@ -533,6 +539,17 @@ impl Registry {
                 None => self.default_provider(),
             },
         }
+    }
+
+    /// Every provider's [`Provider::gauges`], with its name.
+    pub fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
+        self.providers
+            .iter()
+            .flat_map(|p| {
+                let name = p.name();
+                p.gauges().into_iter().map(move |(g, v)| (name, g, v))
+            })
+            .collect()
     }
 
     /// Names of the providers that can serve calls.

@@ -282,6 +282,24 @@ impl Provider for OpenAiProvider {
         NAME
     }
 
+    /// The last `rate_limits.updated` of any session: requests and tokens,
+    /// remaining and limit.
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        let s = self.stats().snapshot();
+        vec![
+            (
+                "rate_limit_requests_remaining",
+                s.rate_requests_remaining as f64,
+            ),
+            ("rate_limit_requests_limit", s.rate_requests_limit as f64),
+            (
+                "rate_limit_tokens_remaining",
+                s.rate_tokens_remaining as f64,
+            ),
+            ("rate_limit_tokens_limit", s.rate_tokens_limit as f64),
+        ]
+    }
+
     /// The configured `input_format` / `output_format`, whatever the caller's codec
     /// (voxd converts; the default PCMU both ways needs no resampling on a
     /// telephone call).
