@@ -412,6 +412,20 @@ async fn audiosocket_call_flow_end_to_end() {
         .await;
     assert_eq!(s, 404);
     assert_eq!(v["message"], "Provided variable was not found");
+    // Dialplan functions are evaluated, as Asterisk does (the reference engine
+    // reads the caller's codec this way).
+    let (s, v) = c
+        .get(&format!(
+            "/ari/channels/{id}/variable?variable=CHANNEL(audionativeformat)"
+        ))
+        .await;
+    assert_eq!((s, v["value"].as_str()), (200, Some("ulaw")));
+    let (s, v) = c
+        .get(&format!(
+            "/ari/channels/{id}/variable?variable=CALLERID(num)"
+        ))
+        .await;
+    assert_eq!((s, v["value"].as_str()), (200, Some("15551230001")));
     let (s, _) = c.get(&format!("/ari/channels/{id}/variable")).await;
     assert_eq!(s, 400);
 
@@ -596,6 +610,8 @@ async fn audiosocket_call_flow_end_to_end() {
             s("GET", format!("/ari/channels/{id}/variable"), 200),
             s("GET", format!("/ari/channels/{id}/variable"), 200),
             s("GET", format!("/ari/channels/{id}/variable"), 404),
+            s("GET", format!("/ari/channels/{id}/variable"), 200),
+            s("GET", format!("/ari/channels/{id}/variable"), 200),
             s("GET", format!("/ari/channels/{id}/variable"), 400),
             s("POST", format!("/ari/channels/{id}/answer"), 204),
             s("GET", format!("/ari/channels/{id}"), 200),
@@ -609,7 +625,7 @@ async fn audiosocket_call_flow_end_to_end() {
             s("DELETE", "/ari/bridges/br1".into(), 404),
         ]
     );
-    let orig = &emu.requests()[8];
+    let orig = &emu.requests()[10];
     assert_eq!(orig.query["endpoint"], endpoint);
     assert_eq!(orig.query["channelId"], "leg1");
 

@@ -189,6 +189,9 @@ impl<const N: usize> MsHistogram<N> {
     }
 }
 
+/// Upper bounds (ms) of the provider-audio-to-wire buckets.
+pub const FIRST_FRAME_BUCKETS_MS: [u64; 7] = [20, 40, 80, 120, 160, 240, 400];
+
 /// Barge-in reaction times per [`BARGE_IN_BUCKETS_MS`].
 pub type ReactionHistogram = MsHistogram<8>;
 
@@ -214,6 +217,9 @@ pub struct CallStats {
     pub barge_in_reaction: ReactionHistogram,
     /// Caller's last loud frame to the agent's answer on the wire, ms.
     pub turn_response: TurnHistogram,
+    /// Provider audio of a new utterance received to its first frame on the
+    /// wire, ms per [`FIRST_FRAME_BUCKETS_MS`] (includes `min_start_ms`).
+    pub first_frame: ReactionHistogram,
     /// Playout counters.
     pub playout: PlayoutStats,
     /// Jitter buffer counters (RTP calls).
@@ -245,6 +251,8 @@ pub struct Call {
     barge_in_at: Option<u64>,
     /// The caller's last loud frame while the agent was quiet (turn response).
     caller_spoke_at: Option<u64>,
+    /// When the first audio of an utterance not yet on the wire arrived.
+    audio_arrived_at: Option<u64>,
     /// RFC 3550 interarrival jitter estimate, in 8 kHz units times 16.
     jitter_x16: u64,
     /// Previous packet's transit (arrival minus timestamp, 8 kHz units).
@@ -281,6 +289,7 @@ impl Call {
             barge_in: None,
             barge_in_at: None,
             caller_spoke_at: None,
+            audio_arrived_at: None,
             jitter_x16: 0,
             last_transit: None,
             wake: Some(now_ms),
@@ -327,6 +336,15 @@ impl Call {
             jitter: self.jitter.stats(),
             vad: self.vad.stats(),
             ..self.stats
+        }
+    }
+
+    /// Provider audio is about to be handed in at `at_ms` (the engine calls this
+    /// before `Input::ProviderAudio`): the first audio of an utterance starts the
+    /// provider-audio-to-wire clock.
+    pub fn provider_audio_arrived(&mut self, at_ms: u64) {
+        if !self.playout.is_active() && self.audio_arrived_at.is_none() {
+            self.audio_arrived_at = Some(at_ms);
         }
     }
 
@@ -434,6 +452,7 @@ impl Call {
         let r = self.playout.flush();
         self.down.reset();
         self.odd_byte = None;
+        self.audio_arrived_at = None;
         r
     }
 
@@ -593,6 +612,11 @@ impl Call {
         }
         let marker = matches!(outcome, TickOutcome::Audio { first: true });
         if marker {
+            if let Some(t) = self.audio_arrived_at.take() {
+                self.stats
+                    .first_frame
+                    .record(&FIRST_FRAME_BUCKETS_MS, at_ms.saturating_sub(t));
+            }
             if let Some(t) = self.caller_spoke_at.take() {
                 self.stats
                     .turn_response

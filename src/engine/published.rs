@@ -23,6 +23,10 @@ pub const PUBLISH_MS: u64 = 250;
 /// call, sampled at every publish).
 pub const JITTER_BUCKETS_MS: [u64; 7] = [1, 2, 5, 10, 20, 40, 80];
 
+/// Upper bounds (ms) of the playout depth buckets (agent audio queued per live
+/// call, sampled at every publish).
+pub const DEPTH_BUCKETS_MS: [u64; 7] = [0, 40, 80, 160, 320, 640, 1280];
+
 /// RTP jitter samples per [`JITTER_BUCKETS_MS`].
 pub type JitterHistogram = MsHistogram<8>;
 
@@ -40,6 +44,8 @@ pub struct ShardSnapshot {
     pub busy_ratio: f64,
     /// Jitter samples of live RTP calls, all publishes so far.
     pub rtp_jitter: JitterHistogram,
+    /// Playout depth samples of live calls (ms), all publishes so far.
+    pub playout_depth: JitterHistogram,
 }
 
 impl ShardSnapshot {
@@ -57,6 +63,7 @@ impl ShardSnapshot {
         a.agent_audio_dropped += b.agent_audio_dropped;
         a.barge_in_reaction.merge(&b.barge_in_reaction);
         a.turn_response.merge(&b.turn_response);
+        a.first_frame.merge(&b.first_frame);
         a.rtp_in += b.rtp_in;
         a.rtp_out += b.rtp_out;
         a.rtp_lost += b.rtp_lost;
@@ -70,6 +77,7 @@ impl ShardSnapshot {
         self.audiosocket_connections += o.audiosocket_connections;
         self.busy_ratio += o.busy_ratio;
         self.rtp_jitter.merge(&o.rtp_jitter);
+        self.playout_depth.merge(&o.playout_depth);
     }
 }
 

@@ -97,6 +97,9 @@ pub struct ShardStats {
     /// Turn response (caller's last loud frame to the answer), of the calls that
     /// ended.
     pub turn_response: crate::call::TurnHistogram,
+    /// Provider audio received to its first frame on the wire, of the calls that
+    /// ended.
+    pub first_frame: crate::call::ReactionHistogram,
     /// RTP datagrams received (any source, before checks).
     pub rtp_in: u64,
     /// RTP datagrams the kernel accepted for sending.
@@ -155,6 +158,8 @@ pub struct Shard {
     waited_ns: u64,
     /// Jitter samples of live RTP calls, every publish so far.
     jitter_samples: super::published::JitterHistogram,
+    /// Playout depth samples of live calls, every publish so far.
+    depth_samples: super::published::JitterHistogram,
     backend: AnyBackend,
     events: Events,
     timer: TimerWheel,
@@ -213,6 +218,7 @@ impl Shard {
             life: None,
             waited_ns: 0,
             jitter_samples: Default::default(),
+            depth_samples: Default::default(),
             udp_rx: UdpBatch::new(64),
             udp_tx: UdpBatch::new(64),
             read_buf: vec![0; 64 * 1024].into_boxed_slice(),
@@ -249,6 +255,11 @@ impl Shard {
             let cs = live.call.stats();
             stats.barge_in_reaction.merge(&cs.barge_in_reaction);
             stats.turn_response.merge(&cs.turn_response);
+            stats.first_frame.merge(&cs.first_frame);
+            self.depth_samples.record(
+                &super::published::DEPTH_BUCKETS_MS,
+                u64::from(live.call.playout_depth_ms()),
+            );
             stats.rtp_lost += cs.jitter.lost;
             stats.rtp_late += cs.jitter.late;
             stats.rtp_reordered += cs.jitter.reordered;
@@ -269,6 +280,7 @@ impl Shard {
             audiosocket_connections: audiosocket,
             busy_ratio,
             rtp_jitter: self.jitter_samples,
+            playout_depth: self.depth_samples,
         }
     }
 
@@ -423,6 +435,7 @@ impl Shard {
         let cs = live.call.stats();
         self.stats.barge_in_reaction.merge(&cs.barge_in_reaction);
         self.stats.turn_response.merge(&cs.turn_response);
+        self.stats.first_frame.merge(&cs.first_frame);
         self.stats.rtp_lost += cs.jitter.lost;
         self.stats.rtp_late += cs.jitter.late;
         self.stats.rtp_reordered += cs.jitter.reordered;
@@ -841,7 +854,10 @@ impl Shard {
                 continue;
             };
             let given = match input {
-                Input::ProviderAudio { payload } => payload.len(),
+                Input::ProviderAudio { payload } => {
+                    live.call.provider_audio_arrived(now);
+                    payload.len()
+                }
                 _ => 0,
             };
             if let Ok(taken) = live.call.handle_input(input) {

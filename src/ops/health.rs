@@ -26,10 +26,10 @@ use tokio::sync::watch;
 
 use super::metrics::Exposition;
 use crate::ari::flow::FlowStats;
-use crate::call::{BARGE_IN_BUCKETS_MS, TURN_BUCKETS_MS};
+use crate::call::{BARGE_IN_BUCKETS_MS, FIRST_FRAME_BUCKETS_MS, TURN_BUCKETS_MS};
 use crate::engine::bridge::EndReason;
 use crate::engine::control::{ControlStats, DURATION_BUCKETS_MS};
-use crate::engine::published::{Published, ShardSnapshot, JITTER_BUCKETS_MS};
+use crate::engine::published::{Published, ShardSnapshot, DEPTH_BUCKETS_MS, JITTER_BUCKETS_MS};
 use crate::loadgen::procstat::{clock_ticks_per_second, ProcSample};
 use crate::provider::net::{connect_times, CONNECT_BUCKETS_MS, TIMED_PROVIDERS};
 
@@ -451,6 +451,20 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         &ms_bounds(&BARGE_IN_BUCKETS_MS),
         &st.barge_in_reaction.buckets,
         secs(st.barge_in_reaction.sum_ms),
+    );
+    e.histogram(
+        "ai_agent_stream_first_frame_seconds",
+        "Provider audio of a new utterance received by the shard to its first frame on the wire (includes streaming.min_start_ms).",
+        &ms_bounds(&FIRST_FRAME_BUCKETS_MS),
+        &st.first_frame.buckets,
+        secs(st.first_frame.sum_ms),
+    );
+    e.histogram(
+        "voxd_playout_depth_seconds",
+        "Agent audio queued per live call, sampled 4 times a second.",
+        &ms_bounds(&DEPTH_BUCKETS_MS),
+        &t.playout_depth.buckets,
+        secs(t.playout_depth.sum_ms),
     );
     e.counter(
         "ai_agent_barge_in_events_total",

@@ -341,9 +341,36 @@ fn get_var(inner: &Inner, params: &Params, id: &str) -> Response {
     let Some(ch) = st.channels.get(id) else {
         return error(404, "Channel or variable not found");
     };
-    match ch.vars.get(name) {
+    if let Some(v) = ch.vars.get(name) {
+        return json_response(200, json!({ "value": v }));
+    }
+    // Dialplan functions Asterisk evaluates on a variable read (the reference
+    // engine asks the caller's codec this way).
+    let func = name.trim();
+    let value = match func {
+        "CHANNEL(audionativeformat)" | "CHANNEL(audioreadformat)" | "CHANNEL(audiowriteformat)" => {
+            Some(channel_format(ch).to_string())
+        }
+        "CHANNEL(name)" => Some(ch.name.clone()),
+        "CHANNEL(language)" => Some(ch.language.clone()),
+        "CHANNEL(uniqueid)" => Some(ch.id.clone()),
+        "CALLERID(num)" => Some(ch.caller.1.clone()),
+        "CALLERID(name)" => Some(ch.caller.0.clone()),
+        _ => None,
+    };
+    match value {
         Some(v) => json_response(200, json!({ "value": v })),
         None => error(404, "Provided variable was not found"),
+    }
+}
+
+/// The audio format a channel runs at: callers are ulaw phones; media legs run
+/// at the format in their dial string (`c(slin16)`, `c(slin)`) or ulaw.
+fn channel_format(ch: &Channel) -> &'static str {
+    match ch.role {
+        Role::Leg { .. } if ch.name.contains("slin16") => "slin16",
+        Role::Leg { .. } if ch.name.contains("slin") => "slin",
+        _ => "ulaw",
     }
 }
 

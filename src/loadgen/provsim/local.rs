@@ -336,8 +336,32 @@ impl Session {
                 self.conn.send_json(&r).await?;
             }
             "switch_model" => {
-                let r = json!({"type": "switch_response", "status": "success",
-                               "message": "Simulated: nothing to switch", "changed": []});
+                // As the reference: a session-scoped switch sets the session's system
+                // prompt (it needs llm_config.system_prompt) and echoes the call id.
+                let session_scope = v
+                    .get("scope")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.trim().eq_ignore_ascii_case("session"));
+                let r = if session_scope {
+                    self.take_call_id(&v);
+                    let has_prompt = v
+                        .get("llm_config")
+                        .and_then(|c| c.get("system_prompt"))
+                        .is_some();
+                    if has_prompt {
+                        json!({"type": "switch_response", "status": "success",
+                               "message": "Session system prompt synchronized",
+                               "scope": "session", "call_id": self.call_id,
+                               "changed": ["system_prompt"]})
+                    } else {
+                        json!({"type": "switch_response", "status": "error",
+                               "message": "session-scoped switch requires llm_config.system_prompt",
+                               "scope": "session", "call_id": self.call_id})
+                    }
+                } else {
+                    json!({"type": "switch_response", "status": "success",
+                           "message": "Simulated: nothing to switch", "changed": []})
+                };
                 self.conn.send_json(&r).await?;
             }
             "backends" => {
