@@ -20,6 +20,7 @@
 
 pub mod deepgram;
 pub mod echo;
+pub mod link;
 pub mod local;
 pub mod net;
 pub mod openai;

@@ -16,7 +16,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod link;
 pub mod messages;
 pub mod session;
 

@@ -55,9 +55,9 @@ use futures_util::StreamExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::link::{clip, ws_error, HoldBuffer, Writer, MAX_QUEUED};
 use super::messages::{self, ServerMsg};
 use super::{DeepgramStats, DgConfig, NAME};
+use crate::provider::link::{clip, incoming, ws_error, HoldBuffer, Incoming, Writer, MAX_QUEUED};
 use crate::provider::net::{self, WsStream};
 use crate::provider::{
     AgentEvent, CallerEvent, EndReason, ProviderError, Role, SessionEnd, SessionIo, SessionMeta,
@@ -342,34 +342,10 @@ impl Session {
     }
 
     async fn on_socket(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
-        match msg {
-            None => Err(SessionEnd::failed(ProviderError::Connect {
-                name: NAME.into(),
-                message: "connection closed without a close frame".into(),
-            })),
-            Some(Err(e)) => Err(SessionEnd::failed(ws_error(NAME, &e))),
-            Some(Ok(Message::Text(text))) => self.on_text(&text).await,
-            Some(Ok(Message::Binary(audio))) => self.on_audio(audio).await,
-            Some(Ok(Message::Ping(_))) => {
-                // The socket queued the pong; the writer flushes it.
-                self.writer.mark_unflushed();
-                Ok(())
-            }
-            Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => Ok(()),
-            Some(Ok(Message::Close(frame))) => {
-                let detail = match &frame {
-                    Some(f) => format!(
-                        " (code {}: {})",
-                        u16::from(f.code),
-                        clip(&f.reason, MAX_TEXT)
-                    ),
-                    None => String::new(),
-                };
-                Err(SessionEnd::failed(ProviderError::Connect {
-                    name: NAME.into(),
-                    message: format!("the provider closed the connection{detail}"),
-                }))
-            }
+        match incoming(NAME, msg, &mut self.writer).map_err(SessionEnd::failed)? {
+            Incoming::Text(text) => self.on_text(&text).await,
+            Incoming::Binary(audio) => self.on_audio(audio).await,
+            Incoming::Nothing => Ok(()),
         }
     }
 

@@ -2,7 +2,8 @@
 //! WebSocket: a write side that never blocks the loop ([`Writer`]), a bounded
 //! hold buffer for caller audio that arrives before the provider may receive it
 //! ([`HoldBuffer`]), and the mapping of WebSocket errors to [`ProviderError`]
-//! ([`ws_error`]). Used by the `deepgram` and `local` sessions.
+//! ([`ws_error`]) and of what arrives ([`incoming`]). Used by the `deepgram` and
+//! `local` sessions.
 //!
 //! Owns: the queue of messages accepted for sending but not yet handed to the
 //! socket, and the rule that makes back-pressure work in a single `select!` loop:
@@ -219,6 +220,58 @@ pub fn ws_error(name: &str, e: &WsError) -> ProviderError {
         WsError::Utf8 => protocol("text message is not UTF-8".to_string()),
         WsError::Protocol(p) => protocol(p.to_string()),
         other => protocol(other.to_string()),
+    }
+}
+
+/// What a received WebSocket message means to a session loop.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A text message for the protocol.
+    Text(String),
+    /// A binary message (audio).
+    Binary(Vec<u8>),
+    /// Nothing for the protocol (ping answered, pong, raw frame).
+    Nothing,
+}
+
+/// Longest close reason quoted in an error.
+const MAX_CLOSE_REASON: usize = 500;
+
+/// Classify one read of the socket: data for the protocol, or the end of the
+/// session as a [`ProviderError`] (closed with or without a close frame, broken).
+/// A ping's pong is queued by the socket; `writer` is told to flush it.
+pub fn incoming(
+    name: &str,
+    msg: Option<Result<Message, WsError>>,
+    writer: &mut Writer,
+) -> Result<Incoming, ProviderError> {
+    let closed = |message: String| ProviderError::Connect {
+        name: name.to_string(),
+        message,
+    };
+    match msg {
+        None => Err(closed("connection closed without a close frame".into())),
+        Some(Err(e)) => Err(ws_error(name, &e)),
+        Some(Ok(Message::Text(text))) => Ok(Incoming::Text(text)),
+        Some(Ok(Message::Binary(data))) => Ok(Incoming::Binary(data)),
+        Some(Ok(Message::Ping(_))) => {
+            writer.mark_unflushed();
+            Ok(Incoming::Nothing)
+        }
+        Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => Ok(Incoming::Nothing),
+        Some(Ok(Message::Close(frame))) => {
+            let detail = match &frame {
+                Some(f) => format!(
+                    " (code {}: {})",
+                    u16::from(f.code),
+                    clip(&f.reason, MAX_CLOSE_REASON)
+                ),
+                None => String::new(),
+            };
+            Err(closed(format!(
+                "the provider closed the connection{detail}"
+            )))
+        }
     }
 }
 
