@@ -25,6 +25,8 @@ pub mod local;
 pub mod net;
 pub mod openai;
 pub mod sim;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -8,57 +8,37 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use super::*;
-use crate::config::{AgentConfig, Config, Secret};
-use crate::provider::{
-    AgentEvent, CallerEvent, EndReason, Provider, ProviderError, Role, SessionEnd, SessionIo,
-    SessionMeta, SessionPeer, EVENTS_CAPACITY, OUT_CAPACITY,
+use crate::provider::testkit::{
+    drained, end_of, expect_close, next_event, next_json, next_msg, send_json, start, ServerWs,
+    LIMIT,
 };
-use std::sync::Arc;
 
-const KEY: &str = "dg-test-key-123";
-/// Liveness limit for anything a test waits on.
-const LIMIT: Duration = Duration::from_secs(10);
-
-type ServerWs = WebSocketStream<TcpStream>;
-
-/// Binds 127.0.0.1:0 and runs `script` on the first connection, after checking
-/// the `Authorization` header. Returns the URL and the script's task (await it:
-/// a failed assertion in the script fails the test).
+/// The scripted server for these tests (see [`crate::provider::testkit::serve`]).
 async fn serve<F, Fut>(script: F) -> (String, JoinHandle<()>)
 where
     F: FnOnce(ServerWs) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/v1/agent/converse", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut auth = None;
-        let ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, resp: Response| {
-            auth = req
-                .headers()
-                .get("authorization")
-                .map(|v| v.to_str().unwrap().to_string());
-            Ok(resp)
-        })
+    crate::provider::testkit::serve("/v1/agent/converse", Some("Token dg-test-key-123"), script)
         .await
-        .unwrap();
-        assert_eq!(auth.as_deref(), Some("Token dg-test-key-123"));
-        script(ws).await;
-    });
-    (url, task)
 }
+use crate::config::{AgentConfig, Config, Secret};
+use crate::provider::{
+    AgentEvent, CallerEvent, EndReason, Provider, ProviderError, Role, SessionEnd, SessionMeta,
+};
+use std::sync::Arc;
+
+const KEY: &str = "dg-test-key-123";
 
 fn config(url: &str) -> Config {
     let mut c = Config::default();
@@ -93,37 +73,6 @@ fn meta(agent: Option<&str>) -> SessionMeta {
     }
 }
 
-fn start(p: &DeepgramProvider, meta: SessionMeta) -> (SessionPeer, JoinHandle<SessionEnd>) {
-    let (io, peer): (SessionIo, SessionPeer) = SessionIo::pair(EVENTS_CAPACITY, OUT_CAPACITY);
-    (peer, p.start(meta, io))
-}
-
-/// The next data message from the client (pings and pongs skipped).
-async fn next_msg(ws: &mut ServerWs) -> Message {
-    loop {
-        let m = tokio::time::timeout(LIMIT, ws.next())
-            .await
-            .expect("client message in time")
-            .expect("socket open")
-            .expect("socket ok");
-        match m {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            m => return m,
-        }
-    }
-}
-
-async fn next_json(ws: &mut ServerWs) -> Value {
-    match next_msg(ws).await {
-        Message::Text(t) => serde_json::from_str(&t).unwrap(),
-        other => panic!("expected a JSON text message, got {other:?}"),
-    }
-}
-
-async fn send_json(ws: &mut ServerWs, v: Value) {
-    ws.send(Message::Text(v.to_string())).await.unwrap();
-}
-
 /// Welcome -> Settings -> SettingsApplied; returns the Settings received.
 async fn handshake(ws: &mut ServerWs) -> Value {
     send_json(ws, json!({"type": "Welcome", "request_id": "r1"})).await;
@@ -131,43 +80,6 @@ async fn handshake(ws: &mut ServerWs) -> Value {
     assert_eq!(settings["type"], "Settings");
     send_json(ws, json!({"type": "SettingsApplied"})).await;
     settings
-}
-
-/// The client closed: a close frame or the end of the stream.
-async fn expect_close(ws: &mut ServerWs) {
-    loop {
-        match tokio::time::timeout(LIMIT, ws.next())
-            .await
-            .expect("close in time")
-        {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-            Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
-            Some(Ok(other)) => panic!("expected close, got {other:?}"),
-        }
-    }
-}
-
-async fn next_event(peer: &mut SessionPeer) -> AgentEvent {
-    tokio::time::timeout(LIMIT, peer.out.recv())
-        .await
-        .expect("agent event in time")
-        .expect("session running")
-}
-
-async fn end_of(task: JoinHandle<SessionEnd>) -> SessionEnd {
-    tokio::time::timeout(LIMIT, task)
-        .await
-        .expect("session ended in time")
-        .unwrap()
-}
-
-/// Waits until the session has taken every queued caller event.
-async fn drained(peer: &SessionPeer) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while peer.events.capacity() < EVENTS_CAPACITY {
-        assert!(tokio::time::Instant::now() < deadline, "events not taken");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 fn frame(i: usize) -> Bytes {

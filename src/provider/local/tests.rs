@@ -6,41 +6,32 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use super::*;
-use crate::config::{AgentConfig, Config, Secret};
-use crate::media::{g711, resample::Resampler};
-use crate::provider::{
-    AgentEvent, CallerEvent, EndReason, Provider, ProviderError, Role, SessionEnd, SessionIo,
-    SessionMeta, SessionPeer, EVENTS_CAPACITY, OUT_CAPACITY,
+use crate::provider::testkit::{
+    drained, end_of, expect_close, next_event, next_json, send_json, start, ServerWs, LIMIT,
 };
 
-const TOKEN: &str = "local-secret-token";
-const LIMIT: Duration = Duration::from_secs(10);
-
-type ServerWs = WebSocketStream<TcpStream>;
-
+/// The scripted server for these tests (see [`crate::provider::testkit::serve`]).
 async fn serve<F, Fut>(script: F) -> (String, JoinHandle<()>)
 where
     F: FnOnce(ServerWs) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        script(ws).await;
-    });
-    (url, task)
+    crate::provider::testkit::serve("", None, script).await
 }
+use crate::config::{AgentConfig, Config, Secret};
+use crate::media::{g711, resample::Resampler};
+use crate::provider::{
+    AgentEvent, CallerEvent, EndReason, Provider, ProviderError, Role, SessionEnd, SessionMeta,
+};
+
+const TOKEN: &str = "local-secret-token";
 
 fn config(url: &str, token: Option<&str>, chunk_ms: u32) -> Config {
     let mut c = Config::default();
@@ -70,71 +61,6 @@ fn meta(agent: Option<&str>) -> SessionMeta {
         started_at_ms: 0,
         attempt: 0,
         history: Vec::new(),
-    }
-}
-
-fn start(p: &LocalProvider, meta: SessionMeta) -> (SessionPeer, JoinHandle<SessionEnd>) {
-    let (io, peer): (SessionIo, SessionPeer) = SessionIo::pair(EVENTS_CAPACITY, OUT_CAPACITY);
-    (peer, p.start(meta, io))
-}
-
-async fn next_msg(ws: &mut ServerWs) -> Message {
-    loop {
-        let m = tokio::time::timeout(LIMIT, ws.next())
-            .await
-            .expect("client message in time")
-            .expect("socket open")
-            .expect("socket ok");
-        match m {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            m => return m,
-        }
-    }
-}
-
-async fn next_json(ws: &mut ServerWs) -> Value {
-    match next_msg(ws).await {
-        Message::Text(t) => serde_json::from_str(&t).unwrap(),
-        other => panic!("expected a JSON text message, got {other:?}"),
-    }
-}
-
-async fn send_json(ws: &mut ServerWs, v: Value) {
-    ws.send(Message::Text(v.to_string())).await.unwrap();
-}
-
-async fn expect_close(ws: &mut ServerWs) {
-    loop {
-        match tokio::time::timeout(LIMIT, ws.next())
-            .await
-            .expect("close in time")
-        {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-            Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
-            Some(Ok(other)) => panic!("expected close, got {other:?}"),
-        }
-    }
-}
-
-async fn next_event(peer: &mut SessionPeer) -> AgentEvent {
-    tokio::time::timeout(LIMIT, peer.out.recv())
-        .await
-        .expect("agent event in time")
-        .expect("session running")
-}
-
-async fn end_of(task: JoinHandle<SessionEnd>) -> SessionEnd {
-    tokio::time::timeout(LIMIT, task)
-        .await
-        .expect("session ended in time")
-        .unwrap()
-}
-
-async fn drained(peer: &SessionPeer) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while peer.events.capacity() < EVENTS_CAPACITY {
-        assert!(tokio::time::Instant::now() < deadline, "events not taken");
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
