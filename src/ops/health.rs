@@ -423,13 +423,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         .enumerate()
         .map(|(n, r)| (vec![("reason", r.as_str())], load(&c.ends_by_reason[n])))
         .collect();
-    let reason_samples: Vec<(&[(&str, &str)], u64)> =
-        reasons.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-    e.counter(
-        "ai_agent_calls_total",
-        "Calls ended, by reason.",
-        &reason_samples,
-    );
+    e.counter("ai_agent_calls_total", "Calls ended, by reason.", &reasons);
     let d = *c.call_duration.lock().unwrap_or_else(|p| p.into_inner());
     e.histogram(
         "ai_agent_call_duration_seconds",
@@ -557,13 +551,11 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         .zip(&idx)
         .map(|(sh, n)| (vec![("shard", n.as_str())], sh.busy_ratio))
         .collect();
-    let cs: Vec<(&[(&str, &str)], f64)> = calls.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-    e.gauge("voxd_shard_calls", "Calls on each shard.", &cs);
-    let bs: Vec<(&[(&str, &str)], f64)> = busy.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+    e.gauge("voxd_shard_calls", "Calls on each shard.", &calls);
     e.gauge(
         "voxd_shard_busy_ratio",
         "Share of the last quarter second each shard loop spent working.",
-        &bs,
+        &busy,
     );
     let errs: Vec<((&str, &str), u64)> = c
         .provider_errors
@@ -574,12 +566,10 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         .iter()
         .map(|((p, k), v)| (vec![("provider", *p), ("class", *k)], *v))
         .collect();
-    let es: Vec<(&[(&str, &str)], u64)> =
-        err_labels.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
     e.counter(
         "voxd_provider_errors_total",
         "Provider errors by provider and kind.",
-        &es,
+        &err_labels,
     );
     if let Some(live) = &i.live {
         let g = live.get().registry.gauges();
@@ -587,12 +577,10 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             .iter()
             .map(|(p, n, v)| (vec![("provider", *p), ("name", *n)], *v))
             .collect();
-        let gs: Vec<(&[(&str, &str)], f64)> =
-            labels.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
         e.gauge(
             "voxd_provider_gauge",
             "Provider-wide gauges (OpenAI rate_limits.updated: requests / tokens remaining and limit).",
-            &gs,
+            &labels,
         );
     }
     e.counter(

@@ -45,10 +45,15 @@ impl Exposition {
     }
 
     /// A counter family with one sample per label set (`name` ends in `_total`).
-    pub fn counter(&mut self, name: &str, help: &str, samples: &[(&[(&str, &str)], u64)]) {
+    pub fn counter<'a, L: AsRef<[(&'a str, &'a str)]>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(L, u64)],
+    ) {
         self.header(name, help, "counter");
         for (l, v) in samples {
-            let _ = writeln!(self.out, "{name}{} {v}", labels(l));
+            let _ = writeln!(self.out, "{name}{} {v}", labels(l.as_ref()));
         }
     }
 
@@ -59,10 +64,15 @@ impl Exposition {
     }
 
     /// A gauge family.
-    pub fn gauge(&mut self, name: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) {
+    pub fn gauge<'a, L: AsRef<[(&'a str, &'a str)]>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(L, f64)],
+    ) {
         self.header(name, help, "gauge");
         for (l, v) in samples {
-            let _ = writeln!(self.out, "{name}{} {v}", labels(l));
+            let _ = writeln!(self.out, "{name}{} {v}", labels(l.as_ref()));
         }
     }
 
@@ -98,7 +108,7 @@ mod tests {
         e.counter(
             "voxd_calls_total",
             "Calls.",
-            &[(&[("reason", "a\"b")], 3), (&[], 1)],
+            &[(&[("reason", "a\"b")][..], 3), (&[][..], 1)],
         );
         e.gauge("voxd_up", "Up.", &[(&[], 1.0)]);
         e.histogram("voxd_x_seconds", "X.", &[0.005, 0.01], &[1, 2, 3], 0.5);
