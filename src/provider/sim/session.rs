@@ -34,6 +34,7 @@ impl SimProvider {
     /// A provider whose sessions use these knobs (each call mixes its call id into
     /// `cfg.seed`, so calls differ but a call id always gives the same audio).
     pub fn new(cfg: SimConfig) -> Self {
+        super::agent::Bank::warm_in_background();
         SimProvider { cfg }
     }
 
