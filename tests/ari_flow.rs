@@ -549,9 +549,16 @@ fn caller_hanging_up_during_set_up_leaves_nothing_behind() {
             // Triggers fire on the request's arrival; a little delay keeps each
             // request in flight while the hang-up events reach voxd.
             rig.emu.set_rest_delay(Duration::from_millis(20));
-            for &(method, path) in &steps {
-                let id = rig.emu.place_call(CallSpec::default()).unwrap();
+            for (n, &(method, path)) in steps.iter().enumerate() {
+                // The trigger is armed before the call exists: voxd may answer
+                // before `place_call` even returns.
+                let id = format!("1795000000.{}", 100 + n);
                 rig.emu.hang_up_caller_on(&id, method, path);
+                let spec = CallSpec {
+                    channel_id: Some(id.clone()),
+                    ..CallSpec::default()
+                };
+                assert_eq!(rig.emu.place_call(spec).unwrap(), id);
                 until("the caller is gone", || rig.emu.channel_json(&id).is_none()).await;
                 until_clean(&rig, "no channel or bridge left").await;
             }
