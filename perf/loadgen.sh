@@ -9,7 +9,8 @@
 #      (default "audiosocket rtp"), THINK_MS (default 300), THREADS (default 1),
 #      BACKEND (engine.io_backend of the generated config: auto, io_uring, epoll;
 #      default auto), EXTRA (extra loadgen arguments), OUT (directory for JSON and
-#      logs), HEADER (0: no table header).
+#      logs), HEADER (0: no table header), VOXD_BIN (the voxd binary to serve with;
+#      default the fresh release build, which always runs the load generator).
 #
 # The config's audiosocket.format must be slin16 (or pass EXTRA="--rate-hz 8000" with
 # format: slin) and external_media.codec ulaw (or EXTRA="--codec alaw").
@@ -37,6 +38,7 @@ mkdir -p "$OUT"
 command -v jq >/dev/null || { echo "perf/loadgen.sh needs jq" >&2; exit 1; }
 cargo build --release --bin voxd >&2
 BIN=target/release/voxd
+SERVE_BIN=${VOXD_BIN:-$BIN}
 
 if [[ -z "$CONFIG" ]]; then
   CONFIG="$OUT/voxd.yaml"
@@ -56,7 +58,7 @@ RTP_PORT=$("$BIN" check --config "$CONFIG" 2>/dev/null | awk '/^  rtp_port:/{pri
 # Enough fds for every call on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-"$BIN" serve --config "$CONFIG" >"$OUT/voxd.log" 2>&1 &
+"$SERVE_BIN" serve --config "$CONFIG" >"$OUT/voxd.log" 2>&1 &
 VOXD=$!
 trap 'kill -TERM $VOXD 2>/dev/null; wait $VOXD 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
