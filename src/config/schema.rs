@@ -778,7 +778,7 @@ pub enum IoBackend {
 }
 
 /// `engine:` block.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Media shard threads (one pinned per core); 0 = one per CPU in the affinity mask.
@@ -789,6 +789,24 @@ pub struct EngineConfig {
     /// shards, at least 1. One worker took 7-11% less CPU per call-second than two
     /// on the 2-core box (perf/RESULTS.md): fewer cross-thread wake-ups.
     pub control_threads: u32,
+    /// While a shard has calls, its loop wakes on this grid (ms) and handles every
+    /// packet, frame and control message that arrived since, in one pass, instead of
+    /// waking for each packet; caller audio goes to the control runtime in batches
+    /// of up to 5 ms (call starts, ends, DTMF and barge-ins at once). 1 keeps frame
+    /// timing at the pacing wheel's 1 ms resolution. 0 = wake on every socket event
+    /// (more wake-ups and syscalls per call; perf/RESULTS.md has the comparison).
+    pub tick_ms: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shards: 0,
+            io_backend: IoBackend::default(),
+            control_threads: 0,
+            tick_ms: 1,
+        }
+    }
 }
 
 impl EngineConfig {

@@ -451,6 +451,7 @@ pub(crate) fn validate(cfg: &Config) -> Vec<ConfigIssue> {
         0,
         256,
     );
+    c.range("engine.tick_ms", cfg.engine.tick_ms.into(), 0, 10);
     c.range("limits.max_calls", cfg.limits.max_calls.into(), 1, 100_000);
     if let Some(path) = &cfg.logging.audit_path {
         c.non_empty("logging.audit_path", path);
@@ -625,6 +626,7 @@ mod tests {
             ("limits.max_calls", |c| c.limits.max_calls = 100_001),
             ("engine.shards", |c| c.engine.shards = 5000),
             ("engine.control_threads", |c| c.engine.control_threads = 300),
+            ("engine.tick_ms", |c| c.engine.tick_ms = 11),
             ("shutdown.drain_seconds", |c| {
                 c.shutdown.drain_seconds = 4000
             }),

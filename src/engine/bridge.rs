@@ -17,8 +17,11 @@
 //! lifecycle, DTMF, barge-in and playout-credit messages are never dropped. Flow control of agent audio is the control side's job: it sends
 //! at most the playout credit ahead and keeps what [`ControlEnd::push`] hands back.
 //!
-//! Concurrency: this module writes no atomics and no lock-free code of its own, so
-//! it has no loom model of its own. The rings are `rtrb`'s SPSC queue (its
+//! Concurrency: the only atomic of its own is the `paced` flag (a hint: while the
+//! shard runs on its tick it drains the ring every tick, so the control side skips
+//! the eventfd write; a stale read of the flag costs at most one delayed wake-up of
+//! a shard with no calls, never a lost message), so it has no loom model. The rings
+//! are `rtrb`'s SPSC queue (its
 //! synchronisation is that crate's, covered by its own tests); the wake-up is an
 //! `eventfd` counter, ordered by the kernel. The one protocol added here (push, then
 //! write the eventfd; the waiter resets the eventfd, then drains the ring, and waits
@@ -34,6 +37,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
@@ -386,6 +390,7 @@ pub fn link(shard: u16, capacity: usize) -> io::Result<(ShardEnd, ControlEnd)> {
     let to_shard = Arc::new(EventFd::new()?);
     let (c_tx, c_rx) = RingBuffer::<ToControl>::new(capacity);
     let (s_tx, s_rx) = RingBuffer::<ToShard>::new(capacity);
+    let paced = Arc::new(AtomicBool::new(false));
     let shard_end = ShardEnd {
         shard,
         tx: c_tx,
@@ -394,8 +399,11 @@ pub fn link(shard: u16, capacity: usize) -> io::Result<(ShardEnd, ControlEnd)> {
         overflow: VecDeque::with_capacity(overflow_capacity(capacity)),
         overflow_cap: overflow_capacity(capacity),
         pushed: false,
+        urgent: false,
+        last_notify_ms: 0,
         dropped: 0,
         wakes_sent: 0,
+        paced: Arc::clone(&paced),
         peer_wake: WakeOnDrop(Arc::clone(&to_control)),
     };
     let control_end = ControlEnd {
@@ -405,6 +413,7 @@ pub fn link(shard: u16, capacity: usize) -> io::Result<(ShardEnd, ControlEnd)> {
         own_wake: to_control,
         registered: None,
         pushed: false,
+        paced,
         peer_wake: WakeOnDrop(to_shard),
     };
     Ok((shard_end, control_end))
@@ -428,8 +437,14 @@ pub struct ShardEnd {
     overflow: VecDeque<ToControl>,
     overflow_cap: usize,
     pushed: bool,
+    /// Something other than caller audio or playout credit was pushed since the
+    /// last wake-up (see [`ShardEnd::notify_control_batched`]).
+    urgent: bool,
+    last_notify_ms: u64,
     dropped: u64,
     wakes_sent: u64,
+    /// Set while the shard's loop runs on its tick (see [`ShardEnd::set_paced`]).
+    paced: Arc<AtomicBool>,
     peer_wake: WakeOnDrop,
 }
 
@@ -456,6 +471,12 @@ impl ShardEnd {
     /// counted in [`ShardEnd::dropped`]. Never blocks. The control side is woken by
     /// the next [`ShardEnd::notify_control`].
     pub fn push(&mut self, msg: ToControl) -> bool {
+        if !matches!(
+            msg,
+            ToControl::CallerAudio { .. } | ToControl::Played { .. }
+        ) {
+            self.urgent = true;
+        }
         if !self.overflow.is_empty() {
             self.flush_overflow();
         }
@@ -540,9 +561,35 @@ impl ShardEnd {
             return false;
         }
         self.pushed = false;
+        self.urgent = false;
         self.wakes_sent += 1;
         self.peer_wake.0.signal();
         true
+    }
+
+    /// Like [`ShardEnd::notify_control`], but caller audio and playout credit wait
+    /// for up to `every_ms` (a paced shard's batch: one wake-up of the control
+    /// runtime per `every_ms` instead of one per loop turn); call starts and ends,
+    /// DTMF and barge-ins wake it at once. `now_ms` is the shard's clock.
+    pub fn notify_control_batched(&mut self, now_ms: u64, every_ms: u64) -> bool {
+        if !self.overflow.is_empty() {
+            self.flush_overflow();
+        }
+        if !self.pushed || !(self.urgent || now_ms >= self.last_notify_ms + every_ms) {
+            return false;
+        }
+        self.last_notify_ms = now_ms;
+        self.notify_control()
+    }
+
+    /// Says whether the shard loop now runs on its tick (it then drains the ring
+    /// from the control side on every tick, so [`ControlEnd::notify_shard`] skips
+    /// the eventfd write). Set before the loop's next wait. A wake-up skipped just
+    /// as the shard leaves paced mode delays a message by at most the loop's
+    /// longest wait (10 ms), and the shard leaves paced mode only when it has no
+    /// call left.
+    pub fn set_paced(&self, paced: bool) {
+        self.paced.store(paced, Ordering::SeqCst);
     }
 
     /// The eventfd the control side writes after pushing: register it (readable) in
@@ -589,6 +636,7 @@ pub struct ControlEnd {
     own_wake: Arc<EventFd>,
     registered: Option<AsyncFd<Arc<EventFd>>>,
     pushed: bool,
+    paced: Arc<AtomicBool>,
     peer_wake: WakeOnDrop,
 }
 
@@ -681,12 +729,17 @@ impl ControlEnd {
     }
 
     /// Wakes the shard if anything was pushed since the last call (one eventfd write
-    /// however many messages); returns whether it wrote. Call after a batch of pushes.
+    /// however many messages) and the shard is not running on its tick (then it
+    /// reads the ring within a tick anyway); returns whether it wrote. Call after a
+    /// batch of pushes.
     pub fn notify_shard(&mut self) -> bool {
         if !self.pushed {
             return false;
         }
         self.pushed = false;
+        if self.paced.load(Ordering::SeqCst) {
+            return false;
+        }
         self.peer_wake.0.signal();
         true
     }
@@ -934,6 +987,49 @@ mod tests {
         assert_eq!(s.pop(), Some(ToShard::AgentAudioDone { call: key(1) }));
         assert_eq!(s.pop(), Some(audio(2)));
         assert_eq!(s.pop(), None);
+    }
+
+    #[test]
+    fn batched_notify_waits_for_audio_but_not_for_call_events() {
+        let (mut s, c) = link(0, 64).unwrap();
+        assert!(s.push(audio(1)));
+        assert!(s.push(played(1)));
+        assert!(s.notify_control_batched(100, 5), "first batch is due");
+        assert!(s.push(audio(2)));
+        assert!(
+            !s.notify_control_batched(101, 5),
+            "audio waits for the batch"
+        );
+        assert!(!s.notify_control_batched(104, 5));
+        assert!(s.notify_control_batched(105, 5), "batch due after 5 ms");
+        assert!(s.push(audio(3)));
+        assert!(s.push(ToControl::Dtmf {
+            call: key(1),
+            digit: '5'
+        }));
+        assert!(s.notify_control_batched(106, 5), "DTMF wakes at once");
+        assert!(
+            !s.notify_control_batched(200, 5),
+            "nothing pushed: no write"
+        );
+        assert_eq!(s.wakes_sent(), 3);
+        drop(c);
+    }
+
+    #[test]
+    fn a_paced_shard_is_not_woken() {
+        let (s, mut c) = link(0, 64).unwrap();
+        s.set_paced(true);
+        assert_eq!(c.push(ToShard::AgentAudioDone { call: key(1) }), Ok(()));
+        assert!(
+            !c.notify_shard(),
+            "paced: the shard reads the ring on its tick"
+        );
+        assert_eq!(s.drain_wake(), 0);
+        s.set_paced(false);
+        assert_eq!(c.push(ToShard::AgentAudioDone { call: key(1) }), Ok(()));
+        assert!(c.notify_shard());
+        assert_eq!(s.drain_wake(), 1);
     }
 
     #[test]

@@ -220,6 +220,9 @@ impl Engine {
         registry: Arc<Registry>,
         ari: Option<control::AriMode>,
     ) -> Result<Engine, EngineError> {
+        if let Err(e) = io::disable_huge_pages() {
+            tracing::debug!(error = %e, "transparent huge pages stay on (prctl refused)");
+        }
         let n = shard_count(cfg);
         let as_addr = resolve("audiosocket", &cfg.audiosocket.host, cfg.audiosocket.port)?;
         let rtp_addr = resolve(
@@ -262,6 +265,7 @@ impl Engine {
             audiosocket_provider_codec: provider.formats(as_codec).input,
             rtp_provider_codec: provider.formats(rtp_c).input,
             call_template: call_template(cfg),
+            tick_ms: cfg.engine.tick_ms,
         };
         let choice = match cfg.engine.io_backend {
             IoBackend::Auto => BackendChoice::Auto,

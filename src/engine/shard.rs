@@ -41,6 +41,8 @@ const TOKEN_CONN_BASE: u64 = 16;
 const MAX_TX_BACKLOG: usize = 64 * 1024;
 /// Report played agent audio to the control side every this many ms.
 const PLAYED_REPORT_MS: u32 = 100;
+/// A paced shard wakes the control runtime for caller audio at most this often (ms).
+const CONTROL_BATCH_MS: u64 = 5;
 
 /// Everything a shard is built with.
 #[derive(Debug, Clone)]
@@ -70,6 +72,8 @@ pub struct ShardSpec {
     pub rtp_provider_codec: Codec,
     /// Playout, barge-in and jitter settings for new calls (codecs are filled in).
     pub call_template: CallConfig,
+    /// Loop pacing while the shard has calls (`engine.tick_ms`; 0 = wake per event).
+    pub tick_ms: u32,
 }
 
 /// Counters of one shard (read by the engine's owner after the loop ends, and
@@ -168,6 +172,10 @@ pub struct Shard {
     udp: Option<UdpSocket>,
     udp_rx: UdpBatch,
     udp_tx: UdpBatch,
+    /// The loop runs on its tick (it has calls and `tick_ms > 0`).
+    paced: bool,
+    /// The UDP socket may hold datagrams (an event came, or the last batch was full).
+    udp_pending: bool,
     slots: Vec<Slot>,
     free: Vec<u32>,
     by_uuid: HashMap<[u8; 16], u32>,
@@ -220,6 +228,8 @@ impl Shard {
             jitter_samples: Default::default(),
             depth_samples: Default::default(),
             udp_rx: UdpBatch::new(64),
+            paced: false,
+            udp_pending: false,
             udp_tx: UdpBatch::new(64),
             read_buf: vec![0; 64 * 1024].into_boxed_slice(),
             rtp_pt: match spec.rtp_codec {
@@ -310,11 +320,27 @@ impl Shard {
                 self.waited_ns = 0;
                 published.publish(usize::from(self.spec.index), &self.snapshot(busy));
             }
-            let timeout = match self.timer.next_deadline() {
-                Some(d) => d.saturating_sub(now).min(10) as u32,
-                None => 10,
-            };
-            self.turn(Some(timeout))?;
+            let paced = self.spec.tick_ms > 0 && self.active_calls() > 0;
+            if paced != self.paced {
+                self.paced = paced;
+                self.bridge.set_paced(paced);
+                if !paced {
+                    // Back to waking per event: leave nothing queued unseen.
+                    self.udp_pending = true;
+                    self.read_udp(now);
+                    self.bridge.notify_control();
+                }
+            }
+            if paced {
+                self.waited_ns += super::io::sleep_to_next_tick(u64::from(self.spec.tick_ms));
+                self.turn(Some(0))?;
+            } else {
+                let timeout = match self.timer.next_deadline() {
+                    Some(d) => d.saturating_sub(now).min(10) as u32,
+                    None => 10,
+                };
+                self.turn(Some(timeout))?;
+            }
         }
         for slot in 0..self.slots.len() as u32 {
             self.end_call(slot, EndReason::Shutdown);
@@ -343,23 +369,28 @@ impl Shard {
                     self.bridge.drain_wake();
                 }
                 TOKEN_LISTENER => self.accept_all(now),
-                TOKEN_UDP => self.read_udp(now),
+                TOKEN_UDP => self.udp_pending = true,
                 t => {
                     let slot = (t - TOKEN_CONN_BASE) as u32;
                     if ev.writable {
                         self.flush_tcp(slot);
                     }
                     if ev.readable || ev.hup || ev.error {
-                        self.read_tcp(slot, now);
+                        self.read_tcp(slot, now, ev.hup || ev.error);
                     }
                 }
             }
         }
         self.events = events;
+        self.read_udp(now);
         self.drain_bridge(now);
         self.expire_timers(now);
         self.flush_udp();
-        self.bridge.notify_control();
+        if self.paced {
+            self.bridge.notify_control_batched(now, CONTROL_BATCH_MS);
+        } else {
+            self.bridge.notify_control();
+        }
         Ok(())
     }
 
@@ -522,10 +553,12 @@ impl Shard {
         // Arm the pacing timer (it also enforces the read timeout before the UUID).
         self.flush_outputs(slot);
         // The connection may already hold bytes (edge-triggered: read now).
-        self.read_tcp(slot, now);
+        self.read_tcp(slot, now, true);
     }
 
-    fn read_tcp(&mut self, slot: u32, now: u64) {
+    /// Reads what the connection holds. `to_end`: read until `WouldBlock` or EOF
+    /// (the peer may have closed); otherwise a short read ends it.
+    fn read_tcp(&mut self, slot: u32, now: u64, to_end: bool) {
         let mut eof = false;
         {
             let Some(live) = self.slots[slot as usize].live.as_mut() else {
@@ -550,6 +583,11 @@ impl Shard {
                         *last_rx_ms = now;
                         self.stats.as_rx_bytes += n as u64;
                         conn.rx().extend_from_slice(&self.read_buf[..n]);
+                        if !to_end && n < self.read_buf.len() {
+                            // A short read emptied the socket; new bytes bring a new
+                            // event (see `engine::io`'s readiness contract).
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -690,17 +728,23 @@ impl Shard {
 
     // ---- RTP ----------------------------------------------------------------------
 
+    /// Reads datagrams while the socket may hold some: until a batch comes back
+    /// short (`recvmmsg` stopped at `EAGAIN`: the queue was empty), so a tick with a
+    /// few packets costs one call, not two.
     fn read_udp(&mut self, now: u64) {
-        loop {
-            let Some(sock) = &self.udp else { return };
+        while self.udp_pending {
+            let Some(sock) = &self.udp else {
+                self.udp_pending = false;
+                return;
+            };
             let n = match recv_batch(sock, &mut self.udp_rx) {
-                Ok(0) => return,
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(shard = self.spec.index, error = %e, "RTP receive failed");
-                    return;
+                    0
                 }
             };
+            self.udp_pending = n == self.udp_rx.capacity();
             self.stats.rtp_in += n as u64;
             for i in 0..n {
                 let (_, from) = self.udp_rx.get(i);

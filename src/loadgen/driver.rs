@@ -255,6 +255,8 @@ pub fn run(cfg: &DriverConfig) -> Result<Outcome, DriverError> {
 /// originates.
 pub fn run_with_legs(cfg: &DriverConfig, legs: Vec<LegReceiver>) -> Result<Outcome, DriverError> {
     validate(cfg)?;
+    // As in the engine: no multi-millisecond huge page faults in the measuring loop.
+    let _ = eio::disable_huge_pages();
     if let Some(pid) = cfg.pid {
         ProcSample::read(pid).map_err(|e| {
             DriverError::Setup(format!("cannot read /proc/{pid} (voxd's --pid): {e}"))

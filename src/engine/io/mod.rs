@@ -12,9 +12,12 @@
 //!
 //! * [`Backend::register`] arms an fd; if it is already ready, an event follows.
 //! * After an event with `readable` (or `writable`) set, the caller must read (write)
-//!   until the call returns `WouldBlock` (or close and deregister the fd). Only then is
-//!   a further event guaranteed when new data (space) arrives. Reading a bounded batch
-//!   and leaving data queued without remembering it is a stall bug.
+//!   until the call returns `WouldBlock` (or close and deregister the fd), or until a
+//!   read comes back short: a stream read returning less than the buffer, or a
+//!   `recvmmsg` returning fewer datagrams than asked for (both stop only when the
+//!   queue is empty, and every arrival after that raises a new event: Tokio relies on
+//!   the same). Not after `hup`/`error`: then read until `WouldBlock` or EOF. Reading
+//!   a bounded batch and leaving data queued without remembering it is a stall bug.
 //! * Events are hints: an fd may be reported more than once in one [`Events`] list, or
 //!   reported while nothing is left to read (the read then returns `WouldBlock`).
 //! * `hup` means the peer closed (or shut down its write side); `error` means the
@@ -333,9 +336,44 @@ fn open_with(
 /// first call in this process. The shard reads it once per loop turn and hands it to
 /// the timer wheel and the calls; never goes backwards.
 pub fn monotonic_ms() -> u64 {
+    u64::try_from(clock_start().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn clock_start() -> Instant {
     static START: OnceLock<Instant> = OnceLock::new();
-    let start = START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    *START.get_or_init(Instant::now)
+}
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`, which
+/// also overrides an allocator's `MADV_HUGEPAGE`). The first touch of a fresh 2 MiB
+/// huge page clears all of it at once: measured on a shard thread, ~3 ms in one
+/// page fault (a bridge ring slot written for the first time), which showed up as
+/// a 20-40 ms hole in every call of that shard at once. With 4 KiB pages the same
+/// memory faults in ~1 us steps spread over time. Called once by the engine and the
+/// load generator before they allocate; returns the kernel's error if refused.
+pub fn disable_huge_pages() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments only; the
+    // result is checked.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sleeps until the next multiple of `tick_ms` (at least 1) on the
+/// [`monotonic_ms`] clock; returns the nanoseconds it slept. A paced shard calls
+/// this between loop turns, so all its calls due in one tick are served in one
+/// pass and every packet that arrived meanwhile is read in one batch.
+pub fn sleep_to_next_tick(tick_ms: u64) -> u64 {
+    let tick = tick_ms.max(1);
+    let start = clock_start();
+    let now = Instant::now();
+    let ms = u64::try_from(now.duration_since(start).as_millis()).unwrap_or(u64::MAX);
+    let target = start + std::time::Duration::from_millis((ms / tick + 1) * tick);
+    std::thread::sleep(target.saturating_duration_since(now));
+    u64::try_from(now.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Socket buffer size asked for on media sockets (best effort: the kernel caps it at
