@@ -598,6 +598,9 @@ struct Worker {
     counters: DriverCounters,
     calls_up: u64,
     rbuf: Vec<u8>,
+    /// Datagrams of one RTP leg per `recvmmsg`: a short batch means the socket is
+    /// empty, so a frame costs one call instead of a receive plus an `EAGAIN`.
+    ubatch: eio::UdpBatch,
 }
 
 impl Worker {
@@ -617,6 +620,7 @@ impl Worker {
             counters: DriverCounters::default(),
             calls_up: 0,
             rbuf: vec![0; 64 * 1024],
+            ubatch: eio::UdpBatch::new(4),
             ctx,
         })
     }
@@ -691,7 +695,7 @@ impl Worker {
                     self.flush(k);
                 }
                 if ev.readable || ev.hup || ev.error {
-                    self.read(k, now_us)?;
+                    self.read(k, now_us, ev.hup || ev.error)?;
                 }
             }
             due.clear();
@@ -960,7 +964,10 @@ impl Worker {
         }
     }
 
-    fn read(&mut self, k: usize, now_us: u64) -> Result<(), DriverError> {
+    /// Reads what leg `k` holds: until `WouldBlock`, a short read (TCP) or a short
+    /// batch (UDP), which means the socket is empty (the engine's readiness contract,
+    /// `engine::io`); `to_end` (the peer hung up or errored): until `WouldBlock` or EOF.
+    fn read(&mut self, k: usize, now_us: u64, to_end: bool) -> Result<(), DriverError> {
         let Some(slot) = self.slots[k].as_mut() else {
             return Ok(());
         };
@@ -980,6 +987,9 @@ impl Worker {
                                 end = Some(EndReason::Voxd);
                                 break;
                             }
+                            if !to_end && n < self.rbuf.len() {
+                                break;
+                            }
                         }
                         Err(_) => {
                             end = Some(EndReason::Error);
@@ -995,15 +1005,21 @@ impl Worker {
                 }
             },
             Conn::Udp(s) => loop {
-                match s.recv(&mut self.rbuf) {
-                    Ok(n) => match slot.caller.on_received(now_us, &self.rbuf[..n]) {
-                        Ok(f) => self.counters.frames_in += f as u64,
-                        // Counted as a bad frame by the caller; keep going.
-                        Err(CallerError::Rtp(_)) => {}
-                        Err(_) => {}
-                    },
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                match eio::recv_batch(s, &mut self.ubatch) {
+                    Ok(n) => {
+                        for i in 0..n {
+                            let (data, _) = self.ubatch.get(i);
+                            match slot.caller.on_received(now_us, data) {
+                                Ok(f) => self.counters.frames_in += f as u64,
+                                // Counted as a bad frame by the caller; keep going.
+                                Err(CallerError::Rtp(_)) => {}
+                                Err(_) => {}
+                            }
+                        }
+                        if n < self.ubatch.capacity() {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                         self.counters.refused += 1;
                         refused = true;
