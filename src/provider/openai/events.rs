@@ -498,6 +498,16 @@ pub enum EventError {
 /// acts on ([`HANDLED`]); otherwise an [`EventError`]. Never panics; strings
 /// borrow from `text` where JSON allows.
 pub fn parse_server_event(text: &str) -> Result<Parsed<'_>, EventError> {
+    // serde's derived structs also read a JSON array, field by field: `[""]`
+    // would be an event of type "" (found by the openai_event fuzz target).
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(EventError::Malformed {
+            detail: "not a JSON object".to_string(),
+        });
+    }
     match serde_json::from_str::<ServerEvent<'_>>(text) {
         Ok(ev) => Ok(Parsed::Event(ev)),
         Err(e) => match serde_json::from_str::<TypeOnly<'_>>(text) {
@@ -755,6 +765,16 @@ mod tests {
 
     #[test]
     fn errors_and_unhandled_types() {
+        // The fuzz target's first crash: an array read as a struct, field by field.
+        for text in [
+            include_str!("../../../fuzz/corpus/openai_event/seed-crash-top-level-array"),
+            r#" ["response.output_audio.delta", "AAEC", "i"]"#,
+        ] {
+            assert!(
+                matches!(parse_server_event(text), Err(EventError::Malformed { .. })),
+                "{text}"
+            );
+        }
         assert!(matches!(
             parse_server_event("{not json"),
             Err(EventError::Malformed { .. })
