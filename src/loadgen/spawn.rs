@@ -17,6 +17,13 @@ use std::time::{Duration, Instant};
 
 /// How long the child may take to start listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Start-up lines of the child in flight from its log thread to the waiting
+/// parent.
+const LOG_QUEUE: usize = 64;
+
+/// Last start-up lines kept to explain a child that never listened.
+const LOG_TAIL: usize = 5;
 /// How long it may take to stop after SIGTERM (it ends its calls first).
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -68,7 +75,9 @@ impl SpawnedVoxd {
             let _ = child.kill();
             return Err("child voxd has no stderr pipe".into());
         };
-        let (tx, rx) = mpsc::channel::<String>();
+        // Bounded: when the reader below falls behind, the log thread waits (and
+        // the child's stderr pipe holds the rest) instead of queueing lines.
+        let (tx, rx) = mpsc::sync_channel::<String>(LOG_QUEUE);
         std::thread::Builder::new()
             .name("loadgen-voxd-log".into())
             .spawn(move || {
@@ -100,6 +109,9 @@ impl SpawnedVoxd {
                             rtp,
                         });
                     }
+                    if seen.len() == LOG_TAIL {
+                        seen.remove(0);
+                    }
                     seen.push(line);
                 }
                 Err(e) => {
@@ -109,11 +121,10 @@ impl SpawnedVoxd {
                         mpsc::RecvTimeoutError::Timeout => "did not start listening in 15 s",
                         mpsc::RecvTimeoutError::Disconnected => "exited before listening",
                     };
-                    let tail = seen.iter().rev().take(5).rev().cloned();
                     return Err(format!(
                         "child voxd {why} (status {}); its output:\n{}",
                         status.map_or("unknown".into(), |s| s.to_string()),
-                        tail.collect::<Vec<_>>().join("\n")
+                        seen.join("\n")
                     ));
                 }
             }

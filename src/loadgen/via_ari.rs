@@ -60,7 +60,9 @@ pub struct AriSummary {
 
 /// Hands each leg voxd originates to a driver thread, round-robin.
 struct HandOff {
-    senders: Vec<mpsc::Sender<ExternalLeg>>,
+    /// One per driver thread, each bounded by that thread's share of the calls
+    /// (legs are dealt round-robin, so a thread is never owed more at once).
+    senders: Vec<mpsc::SyncSender<ExternalLeg>>,
     next: AtomicUsize,
     transport: Transport,
 }
@@ -110,9 +112,20 @@ impl MediaDriver for HandOff {
             on_end: Box::new(move |_by_voxd| link.closed(LegClose::RemoteClosed)),
         };
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len().max(1);
-        self.senders[i]
-            .send(out)
-            .map_err(|_| io::Error::other("the load driver has finished"))?;
+        match self.senders[i].try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(out)) => {
+                // More legs than the thread has calls: voxd or the emulator
+                // misbehaves; the driver would refuse it too.
+                (out.on_end)(false);
+                return Err(io::Error::other(
+                    "the load driver thread has no free call slot for this leg",
+                ));
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(io::Error::other("the load driver has finished"))
+            }
+        }
         Ok(local)
     }
 }
@@ -128,7 +141,10 @@ pub fn run(cfg: &DriverConfig, ari: &AriSettings) -> Result<(Outcome, AriSummary
         .build()
         .map_err(|e| setup("cannot start the ARI emulator's runtime", &e))?;
     let threads = cfg.threads.clamp(1, cfg.calls.max(1));
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::channel()).unzip();
+    // Thread `t` is dealt legs t, t + threads, ...: at most this many of --calls.
+    let per_thread = cfg.calls.div_ceil(threads).max(1);
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..threads).map(|_| mpsc::sync_channel(per_thread)).unzip();
     let handoff = HandOff {
         senders,
         next: AtomicUsize::new(0),

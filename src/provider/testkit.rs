@@ -134,3 +134,101 @@ pub async fn drained(peer: &SessionPeer) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// Property-test inputs for the server-message parsers of the network providers:
+/// garbage, mutated real messages, and well-formed messages whose fields hold
+/// JSON values of any type.
+pub mod inputs {
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+    use serde_json::{Map, Value};
+
+    /// Bytes that JSON punctuation and literals are made of, so that mutations
+    /// often keep a message almost valid.
+    const JSONISH: &[u8] = b"{}[]\":,0123456789.-+eE truefalsn\\u";
+
+    /// Any text: arbitrary bytes read as (lossy) UTF-8, or arbitrary characters.
+    pub fn garbage() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..512)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            any::<String>(),
+            "[{}\\[\\]\":,a-z0-9 ]{0,64}",
+        ]
+    }
+
+    /// One of `seeds` with 1 to 5 byte edits (replace, insert, delete, rarely
+    /// truncate), read back as (lossy) UTF-8.
+    pub fn mutated(seeds: &'static [&'static str]) -> impl Strategy<Value = String> {
+        let byte = prop_oneof![any::<u8>(), select(JSONISH)];
+        let edit = (0u8..10, any::<Index>(), byte);
+        (0..seeds.len(), proptest::collection::vec(edit, 1..6)).prop_map(move |(i, edits)| {
+            let mut b = seeds[i].as_bytes().to_vec();
+            for (op, at, byte) in edits {
+                let pos = at.index(b.len() + 1);
+                match op {
+                    0..=3 if pos < b.len() => b[pos] = byte,
+                    4..=6 => b.insert(pos, byte),
+                    7 | 8 if pos < b.len() => {
+                        b.remove(pos);
+                    }
+                    9 => b.truncate(pos),
+                    _ => {}
+                }
+            }
+            String::from_utf8_lossy(&b).into_owned()
+        })
+    }
+
+    /// Any JSON value, nested up to three levels.
+    pub fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-zA-Z0-9+/=\\\\\"é ]{0,24}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A JSON object with `type` one of `kinds` and some of `fields` set to any
+    /// JSON value.
+    pub fn typed_message(
+        kinds: &'static [&'static str],
+        fields: &'static [&'static str],
+    ) -> impl Strategy<Value = String> {
+        (
+            select(kinds),
+            proptest::collection::vec((select(fields), json_value()), 0..5),
+        )
+            .prop_map(|(kind, fields)| {
+                let mut m = Map::new();
+                m.insert("type".into(), Value::from(kind));
+                for (k, v) in fields {
+                    m.insert(k.to_string(), v);
+                }
+                Value::Object(m).to_string()
+            })
+    }
+
+    /// The `type` of `text` when it is a JSON object with a string `type` (the
+    /// test oracle).
+    pub fn type_of(text: &str) -> Option<String> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        v.get("type")?.as_str().map(str::to_string)
+    }
+
+    /// Whether `text` cannot be a JSON object (first and last non-blank
+    /// characters are not braces): every parser must refuse it.
+    pub fn not_an_object(text: &str) -> bool {
+        let t = text.trim_matches([' ', '\t', '\n', '\r']);
+        !(t.starts_with('{') && t.ends_with('}'))
+    }
+}

@@ -186,15 +186,27 @@ const IGNORED: [&str; 9] = [
     "AgentAudioStart",
 ];
 
-/// Parses a server text message. Errors (for a [`crate::provider::ProviderError::Protocol`])
-/// when it is not a JSON object with a string `type`; the error text never quotes
-/// the message.
-pub fn parse(text: &str) -> Result<ServerMsg, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+/// A server text message voxd cannot read: a protocol error of the provider
+/// that ends the session. The text never quotes the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON (the parser's words: what it expected and where).
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    /// JSON, but not an object with a string `type`.
+    #[error("message without a string `type`")]
+    NoType,
+}
+
+/// Parses a server text message; the session calls it for every text message it
+/// receives. Errors (for a [`crate::provider::ProviderError::Protocol`]) when it
+/// is not a JSON object with a string `type`; never panics.
+pub fn parse(text: &str) -> Result<ServerMsg, ParseError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))?;
     let kind = v
         .get("type")
         .and_then(Value::as_str)
-        .ok_or_else(|| "message without a string `type`".to_string())?;
+        .ok_or(ParseError::NoType)?;
     let text_of = |key: &str| -> String {
         match v.get(key) {
             Some(Value::String(s)) => s.clone(),
@@ -422,5 +434,107 @@ mod tests {
         assert_eq!(v["id"], "f1");
         assert_eq!(v["name"], "lookup");
         assert_eq!(v["content"], FUNCTION_UNAVAILABLE);
+    }
+
+    /// The seed corpus of the `deepgram_event` fuzz target: real server messages.
+    const SEEDS: &[&str] = &[
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-welcome"),
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-settings-applied"),
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-conversation-text"),
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-user-started-speaking"),
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-agent-thinking"),
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-agent-started-speaking"),
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-agent-audio-done"),
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-function-call-request"),
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-warning"),
+        include_str!("../../../fuzz/corpus/deepgram_event/seed-error"),
+    ];
+
+    /// Every server message type voxd reads.
+    const KINDS: &[&str] = &[
+        "Welcome",
+        "SettingsApplied",
+        "ConversationText",
+        "UserStartedSpeaking",
+        "AgentThinking",
+        "AgentStartedSpeaking",
+        "AgentAudioDone",
+        "FunctionCallRequest",
+        "Warning",
+        "Error",
+    ];
+
+    /// The fields voxd reads from them.
+    const FIELDS: &[&str] = &[
+        "role",
+        "content",
+        "total_latency",
+        "tts_latency",
+        "ttt_latency",
+        "functions",
+        "code",
+        "description",
+        "message",
+    ];
+
+    /// What every parse must satisfy, whatever the input.
+    fn check(text: &str) -> Option<ServerMsg> {
+        let parsed = parse(text);
+        let oracle = crate::provider::testkit::inputs::type_of(text);
+        if crate::provider::testkit::inputs::not_an_object(text) || oracle.is_none() {
+            assert!(parsed.is_err(), "accepted without a string type: {text:?}");
+        }
+        if let Some(t) = &oracle {
+            // Deepgram reads any object with a string type; the type decides the variant.
+            match parsed.as_ref() {
+                Ok(ServerMsg::Unknown(k)) | Ok(ServerMsg::Ignored(k)) => assert_eq!(k, t),
+                Ok(_) => assert!(KINDS.contains(&t.as_str()), "{t}"),
+                Err(e) => panic!("refused a typed object ({e}): {text:?}"),
+            }
+        }
+        parsed.ok()
+    }
+
+    #[test]
+    fn seeds_parse_to_known_messages() {
+        for seed in SEEDS {
+            match check(seed) {
+                Some(ServerMsg::Unknown(k)) => panic!("seed of unknown type {k}"),
+                Some(_) => {}
+                None => panic!("seed does not parse: {seed}"),
+            }
+        }
+    }
+
+    mod prop {
+        use super::*;
+        use crate::provider::testkit::inputs::{garbage, mutated, typed_message};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+            #[test]
+            fn garbage_is_refused_without_panic(text in garbage()) {
+                check(&text);
+            }
+
+            #[test]
+            fn mutated_messages_never_panic(text in mutated(SEEDS)) {
+                check(&text);
+            }
+
+            #[test]
+            fn fields_of_any_json_type_never_panic(text in typed_message(KINDS, FIELDS)) {
+                check(&text);
+            }
+
+            #[test]
+            fn conversation_text_round_trips(role in "[a-z]{0,12}", content in any::<String>()) {
+                let text = serde_json::json!({"type": "ConversationText", "role": role, "content": content}).to_string();
+                prop_assert_eq!(check(&text), Some(ServerMsg::ConversationText { role, content }));
+            }
+
+        }
     }
 }

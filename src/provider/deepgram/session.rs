@@ -373,7 +373,7 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Step {
-        let msg = messages::parse(text).map_err(protocol)?;
+        let msg = messages::parse(text).map_err(|e| protocol(e.to_string()))?;
         match msg {
             ServerMsg::Welcome => {
                 if self.phase == Phase::Welcome {

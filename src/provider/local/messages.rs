@@ -185,15 +185,30 @@ fn meta_of(v: &Value) -> TtsMeta {
     }
 }
 
-/// Parses a server text message. Errors (for a protocol error) when it is not a
-/// JSON object with a string `type`, or a `tts_response` carries invalid base64;
-/// the error text never quotes the message.
-pub fn parse(text: &str) -> Result<ServerMsg, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+/// A server text message voxd cannot read: a protocol error of the server that
+/// ends the session. The text never quotes the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON (the parser's words: what it expected and where).
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    /// JSON, but not an object with a string `type`.
+    #[error("message without a string `type`")]
+    NoType,
+    /// A `tts_response` whose audio is not base64.
+    #[error("tts_response audio is not base64: {0}")]
+    Base64(String),
+}
+
+/// Parses a server text message; the session calls it for every text message it
+/// receives. Errors (for a protocol error) when it is not a JSON object with a
+/// string `type`, or a `tts_response` carries invalid base64; never panics.
+pub fn parse(text: &str) -> Result<ServerMsg, ParseError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))?;
     let kind = v
         .get("type")
         .and_then(Value::as_str)
-        .ok_or_else(|| "message without a string `type`".to_string())?
+        .ok_or(ParseError::NoType)?
         .trim()
         .to_ascii_lowercase()
         .replace('-', "_");
@@ -220,7 +235,7 @@ pub fn parse(text: &str) -> Result<ServerMsg, String> {
                 .unwrap_or("");
             let audio = base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map_err(|e| format!("tts_response audio is not base64: {e}"))?;
+                .map_err(|e| ParseError::Base64(e.to_string()))?;
             ServerMsg::TtsResponse {
                 text: str_of("text"),
                 audio,
@@ -342,5 +357,122 @@ mod tests {
         );
         assert!(parse("nope").is_err());
         assert!(parse(r#"{"type":5}"#).is_err());
+    }
+
+    /// The seed corpus of the `local_event` fuzz target: real server messages.
+    const SEEDS: &[&str] = &[
+        include_str!("../../../fuzz/corpus/local_event/seed-auth-response"),
+        include_str!("../../../fuzz/corpus/local_event/seed-stt-result"),
+        include_str!("../../../fuzz/corpus/local_event/seed-llm-response"),
+        include_str!("../../../fuzz/corpus/local_event/seed-tts-audio"),
+        include_str!("../../../fuzz/corpus/local_event/seed-tts-response"),
+        include_str!("../../../fuzz/corpus/local_event/seed-barge-in-ack"),
+        include_str!("../../../fuzz/corpus/local_event/seed-switch-response"),
+        include_str!("../../../fuzz/corpus/local_event/seed-mode-ready"),
+    ];
+
+    /// Every server message type voxd reads.
+    const KINDS: &[&str] = &[
+        "auth_response",
+        "stt_result",
+        "llm_response",
+        "tts_audio",
+        "tts_response",
+        "barge_in_ack",
+        "switch_response",
+    ];
+
+    /// The fields voxd reads from them.
+    const FIELDS: &[&str] = &[
+        "status",
+        "message",
+        "text",
+        "is_final",
+        "error",
+        "encoding",
+        "sample_rate_hz",
+        "sample_rate",
+        "byte_length",
+        "audio_data",
+        "audio",
+        "request_id",
+    ];
+
+    /// What every parse must satisfy, whatever the input.
+    fn check(text: &str) -> Option<ServerMsg> {
+        let parsed = parse(text);
+        let oracle = crate::provider::testkit::inputs::type_of(text);
+        if crate::provider::testkit::inputs::not_an_object(text) || oracle.is_none() {
+            assert!(parsed.is_err(), "accepted without a string type: {text:?}");
+        }
+        if let Some(t) = &oracle {
+            // Types are matched as the server matches them; only a tts_response
+            // with bad base64 may refuse a typed object.
+            let norm = t.trim().to_ascii_lowercase().replace('-', "_");
+            match parsed.as_ref() {
+                Ok(ServerMsg::Unknown(k)) | Ok(ServerMsg::Ignored(k)) => assert_eq!(*k, norm),
+                Ok(_) => assert!(KINDS.contains(&norm.as_str()), "{t}"),
+                Err(ParseError::Base64(_)) => assert_eq!(norm, "tts_response"),
+                Err(e) => panic!("refused a typed object ({e}): {text:?}"),
+            }
+        }
+        if let Ok(ServerMsg::TtsAudio(meta) | ServerMsg::TtsResponse { meta, .. }) = &parsed {
+            // The session turns the facts into a format and converts the audio.
+            if let Some(fmt) =
+                super::super::convert::SourceFormat::parse(&meta.encoding, meta.sample_rate_hz)
+            {
+                let mut c = super::super::convert::OutputConverter::new();
+                let out = c.convert(fmt, text.as_bytes().to_vec());
+                assert_eq!(out.len() % 2, 0);
+            }
+        }
+        parsed.ok()
+    }
+
+    #[test]
+    fn seeds_parse_to_known_messages() {
+        for seed in SEEDS {
+            match check(seed) {
+                Some(ServerMsg::Unknown(k)) => panic!("seed of unknown type {k}"),
+                Some(_) => {}
+                None => panic!("seed does not parse: {seed}"),
+            }
+        }
+    }
+
+    mod prop {
+        use super::*;
+        use crate::provider::testkit::inputs::{garbage, mutated, typed_message};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+            #[test]
+            fn garbage_is_refused_without_panic(text in garbage()) {
+                check(&text);
+            }
+
+            #[test]
+            fn mutated_messages_never_panic(text in mutated(SEEDS)) {
+                check(&text);
+            }
+
+            #[test]
+            fn fields_of_any_json_type_never_panic(text in typed_message(KINDS, FIELDS)) {
+                check(&text);
+            }
+
+            #[test]
+            fn tts_response_audio_round_trips(audio in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&audio);
+                let text = json!({"type": "TTS-Response", "audio_data": b64, "encoding": "mulaw"}).to_string();
+                match check(&text) {
+                    Some(ServerMsg::TtsResponse { audio: got, .. }) => prop_assert_eq!(got, audio),
+                    other => panic!("{other:?}"),
+                }
+            }
+
+        }
     }
 }

@@ -309,18 +309,22 @@ fn opt_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::
 /// The `response` object of `response.created` / `response.done` (only what voxd
 /// reads; the output items are skipped).
 #[derive(Debug, Deserialize)]
-pub(super) struct ResponseRef<'a> {
+pub struct ResponseRef<'a> {
+    /// `response.id`.
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub id: Option<Cow<'a, str>>,
 }
 
 /// The `error` object of an `error` event.
 #[derive(Debug, Deserialize)]
-pub(super) struct ErrorBody<'a> {
+pub struct ErrorBody<'a> {
+    /// `error.type` (`invalid_request_error`, `server_error`, ...).
     #[serde(rename = "type", default, borrow, deserialize_with = "opt_str")]
     pub kind: Option<Cow<'a, str>>,
+    /// `error.code`.
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub code: Option<Cow<'a, str>>,
+    /// `error.message` (may quote what the client sent; scrub before logging).
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub message: Option<Cow<'a, str>>,
     /// The client event that caused it, when the server knows.
@@ -330,11 +334,14 @@ pub(super) struct ErrorBody<'a> {
 
 /// One entry of `rate_limits.updated`.
 #[derive(Debug, Deserialize)]
-pub(super) struct RateLimit<'a> {
+pub struct RateLimit<'a> {
+    /// `requests` or `tokens`.
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub name: Option<Cow<'a, str>>,
+    /// The limit.
     #[serde(default)]
     pub limit: Option<f64>,
+    /// What is left of it.
     #[serde(default)]
     pub remaining: Option<f64>,
 }
@@ -343,22 +350,29 @@ pub(super) struct RateLimit<'a> {
 /// (absent fields are `None`; unknown fields are skipped). Strings borrow from the
 /// message unless JSON escapes force a copy.
 #[derive(Debug, Deserialize)]
-pub(super) struct ServerEvent<'a> {
+pub struct ServerEvent<'a> {
+    /// The event type (`response.output_audio.delta`, ...).
     #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
     /// Base64 audio (`response.output_audio.delta`) or text (transcript deltas).
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub delta: Option<Cow<'a, str>>,
+    /// The conversation item the event is about.
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub item_id: Option<Cow<'a, str>>,
+    /// The response the event is about.
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub response_id: Option<Cow<'a, str>>,
+    /// Whole transcript (`*.done` / `*.completed`).
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub transcript: Option<Cow<'a, str>>,
+    /// The body of an `error` event.
     #[serde(default, borrow)]
     pub error: Option<ErrorBody<'a>>,
+    /// The response of `response.created` / `response.done`.
     #[serde(default, borrow)]
     pub response: Option<ResponseRef<'a>>,
+    /// The entries of `rate_limits.updated`.
     #[serde(default, borrow)]
     pub rate_limits: Option<Vec<RateLimit<'a>>>,
 }
@@ -366,14 +380,14 @@ pub(super) struct ServerEvent<'a> {
 /// Only the `type` of an event: the fallback parse when [`ServerEvent`] does not fit
 /// (an unknown event with a same-named field of another type is still ignored).
 #[derive(Debug, Deserialize)]
-pub(super) struct TypeOnly<'a> {
+struct TypeOnly<'a> {
     #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
+    kind: Cow<'a, str>,
 }
 
 /// Server event types voxd acts on; a message of one of these types that does not
 /// parse is a protocol error.
-pub(super) const HANDLED: &[&str] = &[
+pub const HANDLED: &[&str] = &[
     "session.created",
     "response.created",
     "response.done",
@@ -389,7 +403,7 @@ pub(super) const HANDLED: &[&str] = &[
 ];
 
 /// GA server events voxd knows and deliberately ignores (not counted as unknown).
-pub(super) const IGNORED: &[&str] = &[
+pub const IGNORED: &[&str] = &[
     "session.updated",
     "input_audio_buffer.speech_stopped",
     "input_audio_buffer.committed",
@@ -421,6 +435,106 @@ pub(super) const IGNORED: &[&str] = &[
 pub(super) fn decode_b64(text: &str, out: &mut Vec<u8>) -> Result<(), base64::DecodeError> {
     out.clear();
     B64.decode_vec(text, out)
+}
+
+/// Longest provider-supplied text (error message, close reason, event type,
+/// parser detail) kept in an error or a log line.
+pub(super) const MAX_DETAIL_CHARS: usize = 300;
+
+/// `s` cut to [`MAX_DETAIL_CHARS`] characters (an ellipsis marks a cut).
+pub(super) fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// One server text message as the session sees it; see [`parse_server_event`].
+// Built once per message and matched at once on the stack: boxing the event
+// would cost an allocation for every audio delta.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    /// An event with the fields voxd reads (its type may still be one voxd
+    /// ignores: the session looks at `kind`).
+    Event(ServerEvent<'a>),
+    /// An event of a type voxd does not act on whose fields do not fit
+    /// [`ServerEvent`] (a same-named field of another JSON type): ignored like
+    /// any other unhandled type.
+    Unhandled(Cow<'a, str>),
+}
+
+/// A server message the session cannot use: a protocol error that ends the
+/// session (the provider is at fault). Texts are clipped to
+/// [`MAX_DETAIL_CHARS`] characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Not a JSON object with a string `type`.
+    #[error("malformed event: {detail}")]
+    Malformed {
+        /// The JSON parser's words.
+        detail: String,
+    },
+    /// An event of a type voxd acts on whose fields have the wrong JSON types.
+    #[error("bad `{kind}` event: {detail}")]
+    BadEvent {
+        /// The event type.
+        kind: String,
+        /// The JSON parser's words.
+        detail: String,
+    },
+    /// `response.output_audio.delta` without its audio or its item.
+    #[error("response.output_audio.delta without `delta` or `item_id`")]
+    AudioDeltaIncomplete,
+    /// `response.output_audio.delta` whose audio is not base64.
+    #[error("response.output_audio.delta: `delta` is not base64")]
+    AudioDeltaNotBase64,
+}
+
+/// Parses one server text message, the first step of every message the session
+/// receives (before and after `session.created`). `Ok(Parsed::Event)` for any
+/// JSON object with a string `type` whose known fields have the expected JSON
+/// types; `Ok(Parsed::Unhandled)` when they do not but the type is not one voxd
+/// acts on ([`HANDLED`]); otherwise an [`EventError`]. Never panics; strings
+/// borrow from `text` where JSON allows.
+pub fn parse_server_event(text: &str) -> Result<Parsed<'_>, EventError> {
+    // serde's derived structs also read a JSON array, field by field: `[""]`
+    // would be an event of type "" (found by the openai_event fuzz target).
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(EventError::Malformed {
+            detail: "not a JSON object".to_string(),
+        });
+    }
+    match serde_json::from_str::<ServerEvent<'_>>(text) {
+        Ok(ev) => Ok(Parsed::Event(ev)),
+        Err(e) => match serde_json::from_str::<TypeOnly<'_>>(text) {
+            Ok(t) if !HANDLED.contains(&&*t.kind) => Ok(Parsed::Unhandled(t.kind)),
+            Ok(t) => Err(EventError::BadEvent {
+                kind: clip(&t.kind),
+                detail: clip(&e.to_string()),
+            }),
+            Err(_) => Err(EventError::Malformed {
+                detail: clip(&e.to_string()),
+            }),
+        },
+    }
+}
+
+impl ServerEvent<'_> {
+    /// The audio of a `response.output_audio.delta`, decoded into `out` (cleared
+    /// first), and the item it belongs to. Called by the session for each audio
+    /// delta; errors when `delta` or `item_id` is missing or `delta` is not
+    /// base64.
+    pub fn decode_audio(&self, out: &mut Vec<u8>) -> Result<&str, EventError> {
+        let (Some(delta), Some(item_id)) = (self.delta.as_deref(), self.item_id.as_deref()) else {
+            return Err(EventError::AudioDeltaIncomplete);
+        };
+        decode_b64(delta, out).map_err(|_| EventError::AudioDeltaNotBase64)?;
+        Ok(item_id)
+    }
 }
 
 #[cfg(test)]
@@ -566,5 +680,183 @@ mod tests {
         let e: ServerEvent = serde_json::from_str(m).unwrap();
         assert_eq!(e.transcript.as_deref(), Some("a\nb"));
         assert!(e.item_id.is_none());
+    }
+
+    /// The seed corpus of the `openai_event` fuzz target: real server messages.
+    const SEEDS: &[&str] = &[
+        include_str!("../../../fuzz/corpus/openai_event/seed-session-created"),
+        include_str!("../../../fuzz/corpus/openai_event/seed-audio-delta"),
+        include_str!("../../../fuzz/corpus/openai_event/seed-audio-done"),
+        include_str!("../../../fuzz/corpus/openai_event/seed-transcript-delta"),
+        include_str!("../../../fuzz/corpus/openai_event/seed-input-transcription"),
+        include_str!("../../../fuzz/corpus/openai_event/seed-speech-started"),
+        include_str!("../../../fuzz/corpus/openai_event/seed-speech-stopped"),
+        include_str!("../../../fuzz/corpus/openai_event/seed-response-done"),
+        include_str!("../../../fuzz/corpus/openai_event/seed-error"),
+        include_str!("../../../fuzz/corpus/openai_event/seed-rate-limits"),
+    ];
+
+    /// Field names of [`ServerEvent`] (and a few the server sends that voxd skips).
+    const FIELDS: &[&str] = &[
+        "delta",
+        "item_id",
+        "response_id",
+        "transcript",
+        "error",
+        "response",
+        "rate_limits",
+        "event_id",
+        "output_index",
+    ];
+
+    /// What every parse must satisfy, whatever the input: returns the event, if any.
+    fn check(text: &str) -> Option<ServerEvent<'_>> {
+        let parsed = parse_server_event(text);
+        if crate::provider::testkit::inputs::not_an_object(text) {
+            assert!(parsed.is_err(), "non-object accepted: {text:?}");
+        }
+        let oracle = crate::provider::testkit::inputs::type_of(text);
+        match parsed {
+            Ok(Parsed::Event(ev)) => {
+                if let Some(t) = &oracle {
+                    assert_eq!(*t, ev.kind);
+                }
+                let mut out = Vec::new();
+                if let Ok(item) = ev.decode_audio(&mut out) {
+                    assert_eq!(Some(item), ev.item_id.as_deref());
+                    assert!(out.len() <= text.len());
+                }
+                Some(ev)
+            }
+            Ok(Parsed::Unhandled(kind)) => {
+                assert!(!HANDLED.contains(&&*kind), "{kind}");
+                if let Some(t) = &oracle {
+                    assert_eq!(*t, kind);
+                }
+                None
+            }
+            Err(EventError::BadEvent { kind, detail }) => {
+                assert!(HANDLED.contains(&kind.as_str()), "{kind}");
+                assert!(detail.chars().count() <= MAX_DETAIL_CHARS + 1);
+                None
+            }
+            Err(e) => {
+                assert!(e.to_string().chars().count() <= MAX_DETAIL_CHARS + 40);
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn seeds_parse_to_events_of_their_type() {
+        for seed in SEEDS {
+            let Some(ev) = check(seed) else {
+                panic!("seed does not parse: {seed}");
+            };
+            assert!(HANDLED.contains(&&*ev.kind) || IGNORED.contains(&&*ev.kind));
+        }
+        let Ok(Parsed::Event(ev)) = parse_server_event(SEEDS[1]) else {
+            panic!("audio delta");
+        };
+        let mut out = Vec::new();
+        assert_eq!(ev.decode_audio(&mut out), Ok("item_C2"));
+        assert_eq!(out.len(), 160, "20 ms of PCMU");
+    }
+
+    #[test]
+    fn errors_and_unhandled_types() {
+        // The fuzz target's first crash: an array read as a struct, field by field.
+        for text in [
+            include_str!("../../../fuzz/corpus/openai_event/seed-crash-top-level-array"),
+            r#" ["response.output_audio.delta", "AAEC", "i"]"#,
+        ] {
+            assert!(
+                matches!(parse_server_event(text), Err(EventError::Malformed { .. })),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            parse_server_event("{not json"),
+            Err(EventError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_server_event(r#"{"no_type":1}"#),
+            Err(EventError::Malformed { .. })
+        ));
+        let e = parse_server_event(r#"{"type":"response.done","response":7}"#).unwrap_err();
+        assert!(
+            e.to_string().starts_with("bad `response.done` event:"),
+            "{e}"
+        );
+        // An unhandled type whose `delta` is not a string is ignored, not fatal.
+        assert!(matches!(
+            parse_server_event(r#"{"type":"response.function_call_arguments.delta","delta":{}}"#),
+            Ok(Parsed::Unhandled(k)) if k == "response.function_call_arguments.delta"
+        ));
+        let delta = |d: &str| {
+            format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#)
+        };
+        let text = delta("%%%");
+        let Ok(Parsed::Event(ev)) = parse_server_event(&text) else {
+            panic!("parses");
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            ev.decode_audio(&mut out),
+            Err(EventError::AudioDeltaNotBase64)
+        );
+        let Ok(Parsed::Event(ev)) = parse_server_event(r#"{"type":"response.output_audio.delta"}"#)
+        else {
+            panic!("parses");
+        };
+        assert_eq!(
+            ev.decode_audio(&mut out),
+            Err(EventError::AudioDeltaIncomplete)
+        );
+        // A huge unknown type name is clipped in the error of a handled type only.
+        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(10_000));
+        assert!(matches!(parse_server_event(&long), Ok(Parsed::Event(_))));
+    }
+
+    mod prop {
+        use super::*;
+        use crate::provider::testkit::inputs::{garbage, mutated, typed_message};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+            #[test]
+            fn garbage_is_refused_without_panic(text in garbage()) {
+                check(&text);
+            }
+
+            #[test]
+            fn mutated_messages_never_panic(text in mutated(SEEDS)) {
+                check(&text);
+            }
+
+            #[test]
+            fn fields_of_any_json_type_never_panic(text in typed_message(HANDLED, FIELDS)) {
+                check(&text);
+            }
+
+            #[test]
+            fn audio_deltas_round_trip(
+                audio in proptest::collection::vec(any::<u8>(), 0..2048),
+                item in "[a-zA-Z0-9_]{1,24}",
+            ) {
+                let text = format!(
+                    r#"{{"type":"response.output_audio.delta","response_id":"r","item_id":"{item}","delta":"{}"}}"#,
+                    B64.encode(&audio)
+                );
+                let Some(ev) = check(&text) else {
+                    panic!("a valid delta parses");
+                };
+                let mut out = vec![1, 2, 3];
+                prop_assert_eq!(ev.decode_audio(&mut out), Ok(item.as_str()));
+                prop_assert_eq!(out, audio);
+            }
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! (`input_format` / `output_format`: PCMU both ways by default, so a telephone call
 //! is never resampled), the per-process counters ([`OpenAiStats`]), and through its
 //! submodules the wire shapes (`events`), the turn and barge-in bookkeeping (`turn`)
-//! and the session loop (`session`).
+//! and the session loop (`session`). The parser of server events
+//! ([`parse_server_event`]) is public so that the fuzz target and property tests
+//! drive exactly what the session runs.
 //!
 //! Must not: log, print or put into an error the API key or the `Authorization`
 //! header; send the retired beta header `OpenAI-Beta: realtime=v1` or beta-shaped
@@ -21,6 +23,11 @@ mod turn;
 
 #[cfg(test)]
 mod tests;
+
+pub use events::{
+    parse_server_event, ErrorBody, EventError, Parsed, RateLimit, ResponseRef, ServerEvent,
+    HANDLED, IGNORED,
+};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

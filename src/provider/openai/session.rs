@@ -42,9 +42,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::events::{
-    decode_b64, AppendBatcher, Audio, AudioInput, AudioOutput, ClientEvent, Format, MessageItem,
-    ResponseParams, ServerEvent, SessionConfig, Transcription, TurnDetection, TypeOnly, HANDLED,
-    IGNORED, SESSION_UPDATE_EVENT_ID,
+    clip, parse_server_event, AppendBatcher, Audio, AudioInput, AudioOutput, ClientEvent, Format,
+    MessageItem, Parsed, ResponseParams, ServerEvent, SessionConfig, Transcription, TurnDetection,
+    HANDLED, IGNORED, SESSION_UPDATE_EVENT_ID,
 };
 use super::turn::Turn;
 use super::{bytes_per_ms, codec_of, OpenAiStats, Settings, NAME};
@@ -69,9 +69,6 @@ const STATS_EVERY_CHUNKS: u32 = 50;
 /// Time allowed for our close frame to go out on hang-up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Longest provider-supplied text (error message, close reason) kept in an error.
-const MAX_DETAIL_CHARS: usize = 300;
-
 /// Bytes of agent audio per output slab refill (seconds of G.711).
 const OUT_SLAB_BYTES: usize = 32 * 1024;
 
@@ -86,14 +83,6 @@ fn connect_err(message: impl Into<String>) -> ProviderError {
     ProviderError::Connect {
         name: NAME.to_string(),
         message: message.into(),
-    }
-}
-
-/// `s` cut to [`MAX_DETAIL_CHARS`] characters.
-fn clip(s: &str) -> String {
-    match s.char_indices().nth(MAX_DETAIL_CHARS) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
     }
 }
 
@@ -406,17 +395,10 @@ fn before_created(
         }
         Some(Ok(_)) => return Ok(false),
     };
-    let ev: ServerEvent = match serde_json::from_str(&text) {
-        Ok(ev) => ev,
-        Err(e) => {
-            return match serde_json::from_str::<TypeOnly>(&text) {
-                Ok(t) if !HANDLED.contains(&&*t.kind) => Ok(false),
-                _ => fail(protocol(format!(
-                    "malformed event: {}",
-                    clip(&e.to_string())
-                ))),
-            }
-        }
+    let ev = match parse_server_event(&text) {
+        Ok(Parsed::Event(ev)) => ev,
+        Ok(Parsed::Unhandled(_)) => return Ok(false),
+        Err(e) => return fail(protocol(e.to_string())),
     };
     match &*ev.kind {
         "session.created" => Ok(true),
@@ -682,25 +664,13 @@ impl Session<'_> {
 
     /// One server event.
     async fn on_text(&mut self, text: &str) -> Step {
-        let ev: ServerEvent = match serde_json::from_str(text) {
-            Ok(ev) => ev,
-            Err(e) => {
-                return match serde_json::from_str::<TypeOnly>(text) {
-                    Ok(t) if !HANDLED.contains(&&*t.kind) => {
-                        self.ignore(&t.kind);
-                        Ok(())
-                    }
-                    Ok(t) => Err(SessionEnd::failed(protocol(format!(
-                        "bad `{}` event: {}",
-                        clip(&t.kind),
-                        clip(&e.to_string())
-                    )))),
-                    Err(_) => Err(SessionEnd::failed(protocol(format!(
-                        "malformed event: {}",
-                        clip(&e.to_string())
-                    )))),
-                };
+        let ev = match parse_server_event(text) {
+            Ok(Parsed::Event(ev)) => ev,
+            Ok(Parsed::Unhandled(kind)) => {
+                self.ignore(&kind);
+                return Ok(());
             }
+            Err(e) => return Err(SessionEnd::failed(protocol(e.to_string()))),
         };
         match &*ev.kind {
             "response.output_audio.delta" => self.on_audio_delta(&ev).await,
@@ -766,16 +736,9 @@ impl Session<'_> {
     }
 
     async fn on_audio_delta(&mut self, ev: &ServerEvent<'_>) -> Step {
-        let (Some(delta), Some(item_id)) = (ev.delta.as_deref(), ev.item_id.as_deref()) else {
-            return Err(SessionEnd::failed(protocol(
-                "response.output_audio.delta without `delta` or `item_id`",
-            )));
-        };
-        if decode_b64(delta, &mut self.scratch).is_err() {
-            return Err(SessionEnd::failed(protocol(
-                "response.output_audio.delta: `delta` is not base64",
-            )));
-        }
+        let item_id = ev
+            .decode_audio(&mut self.scratch)
+            .map_err(|e| SessionEnd::failed(protocol(e.to_string())))?;
         let len = self.scratch.len();
         if len == 0 {
             return Ok(());
@@ -861,6 +824,7 @@ impl Session<'_> {
 
 #[cfg(test)]
 mod unit {
+    use super::super::events::MAX_DETAIL_CHARS;
     use super::*;
 
     #[test]
