@@ -33,15 +33,6 @@ const UNBOUNDED_CALLS: &[&str] = &[
 /// Unbounded channel types (any mention is a use).
 const UNBOUNDED_TYPES: &[&str] = &["UnboundedSender", "UnboundedReceiver"];
 
-/// Sites in files this change may not edit, waiting for their owner to bound
-/// them or mark them: `(file, text of the line)`. Each entry must still match an
-/// offender (the test fails once it is fixed, so the entry is removed with it).
-/// Add nothing here: new sites take the marker or a bound.
-const PENDING_OWNER_FIX: &[(&str, &str)] = &[(
-    "src/loadgen/driver.rs",
-    "let (tx, rx) = mpsc::channel::<CallStats>();",
-)];
-
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
@@ -186,10 +177,7 @@ fn offenders(name: &str, text: &str) -> Vec<String> {
                 .trim()
                 .strip_prefix(MARKER)
                 .is_some_and(|why| why.trim().len() >= 10);
-        let pending = PENDING_OWNER_FIX
-            .iter()
-            .any(|(f, l)| *f == name && line.trim() == *l);
-        if !marked && !pending {
+        if !marked {
             found.push(format!("{name}:{}: {what}", i + 1));
         }
     }
@@ -212,14 +200,6 @@ fn every_channel_in_src_is_bounded() {
         files.len()
     );
     let tests = test_only_files(&files);
-    for (f, l) in PENDING_OWNER_FIX {
-        let text = std::fs::read_to_string(root.join(f)).unwrap_or_default();
-        let line = text.lines().find(|x| x.trim() == *l);
-        assert!(
-            line.is_some_and(|x| unbounded_in(&code_of(x)).is_some()),
-            "{f}: `{l}` is fixed or gone: remove it from PENDING_OWNER_FIX"
-        );
-    }
     let mut bad = Vec::new();
     for f in files.iter().filter(|f| !tests.contains(*f)) {
         let text = std::fs::read_to_string(f).expect("read source");

@@ -273,7 +273,9 @@ pub fn run_with_legs(cfg: &DriverConfig, legs: Vec<LegReceiver>) -> Result<Outco
     let window_start_us = ramp_us;
     let end_us = ramp_us + (cfg.seconds * 1e6) as u64;
     let abort = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<CallStats>();
+    // One message per ended call; room for every call at once, so the end of the
+    // run (all calls end together) never blocks a driver thread.
+    let (tx, rx) = mpsc::sync_channel::<CallStats>(cfg.calls.max(1));
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(threads);
     let mut progress = Vec::with_capacity(threads);
@@ -539,7 +541,7 @@ struct ThreadCtx {
     t0: Instant,
     end_us: u64,
     progress: Arc<ThreadProgress>,
-    tx: mpsc::Sender<CallStats>,
+    tx: mpsc::SyncSender<CallStats>,
     abort: Arc<AtomicBool>,
     /// External legs for this thread (ARI mode): no ramp of its own.
     legs: Option<LegReceiver>,
