@@ -791,8 +791,8 @@ pub struct EngineConfig {
     pub control_threads: u32,
     /// While a shard has calls, its loop wakes on this grid (ms) and handles every
     /// packet, frame and control message that arrived since, in one pass, instead of
-    /// waking for each packet; caller audio goes to the control runtime in batches
-    /// of up to 5 ms (call starts, ends, DTMF and barge-ins at once). 1 keeps frame
+    /// waking for each packet (the control runtime is woken once per tick with what
+    /// the tick read, if anything). 1 keeps frame
     /// timing at the pacing wheel's 1 ms resolution. 0 = wake on every socket event
     /// (more wake-ups and syscalls per call; perf/RESULTS.md has the comparison).
     pub tick_ms: u32,

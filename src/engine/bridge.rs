@@ -399,8 +399,6 @@ pub fn link(shard: u16, capacity: usize) -> io::Result<(ShardEnd, ControlEnd)> {
         overflow: VecDeque::with_capacity(overflow_capacity(capacity)),
         overflow_cap: overflow_capacity(capacity),
         pushed: false,
-        urgent: false,
-        last_notify_ms: 0,
         dropped: 0,
         wakes_sent: 0,
         paced: Arc::clone(&paced),
@@ -437,10 +435,6 @@ pub struct ShardEnd {
     overflow: VecDeque<ToControl>,
     overflow_cap: usize,
     pushed: bool,
-    /// Something other than caller audio or playout credit was pushed since the
-    /// last wake-up (see [`ShardEnd::notify_control_batched`]).
-    urgent: bool,
-    last_notify_ms: u64,
     dropped: u64,
     wakes_sent: u64,
     /// Set while the shard's loop runs on its tick (see [`ShardEnd::set_paced`]).
@@ -471,12 +465,6 @@ impl ShardEnd {
     /// counted in [`ShardEnd::dropped`]. Never blocks. The control side is woken by
     /// the next [`ShardEnd::notify_control`].
     pub fn push(&mut self, msg: ToControl) -> bool {
-        if !matches!(
-            msg,
-            ToControl::CallerAudio { .. } | ToControl::Played { .. }
-        ) {
-            self.urgent = true;
-        }
         if !self.overflow.is_empty() {
             self.flush_overflow();
         }
@@ -561,25 +549,9 @@ impl ShardEnd {
             return false;
         }
         self.pushed = false;
-        self.urgent = false;
         self.wakes_sent += 1;
         self.peer_wake.0.signal();
         true
-    }
-
-    /// Like [`ShardEnd::notify_control`], but caller audio and playout credit wait
-    /// for up to `every_ms` (a paced shard's batch: one wake-up of the control
-    /// runtime per `every_ms` instead of one per loop turn); call starts and ends,
-    /// DTMF and barge-ins wake it at once. `now_ms` is the shard's clock.
-    pub fn notify_control_batched(&mut self, now_ms: u64, every_ms: u64) -> bool {
-        if !self.overflow.is_empty() {
-            self.flush_overflow();
-        }
-        if !self.pushed || !(self.urgent || now_ms >= self.last_notify_ms + every_ms) {
-            return false;
-        }
-        self.last_notify_ms = now_ms;
-        self.notify_control()
     }
 
     /// Says whether the shard loop now runs on its tick (it then drains the ring
@@ -987,33 +959,6 @@ mod tests {
         assert_eq!(s.pop(), Some(ToShard::AgentAudioDone { call: key(1) }));
         assert_eq!(s.pop(), Some(audio(2)));
         assert_eq!(s.pop(), None);
-    }
-
-    #[test]
-    fn batched_notify_waits_for_audio_but_not_for_call_events() {
-        let (mut s, c) = link(0, 64).unwrap();
-        assert!(s.push(audio(1)));
-        assert!(s.push(played(1)));
-        assert!(s.notify_control_batched(100, 5), "first batch is due");
-        assert!(s.push(audio(2)));
-        assert!(
-            !s.notify_control_batched(101, 5),
-            "audio waits for the batch"
-        );
-        assert!(!s.notify_control_batched(104, 5));
-        assert!(s.notify_control_batched(105, 5), "batch due after 5 ms");
-        assert!(s.push(audio(3)));
-        assert!(s.push(ToControl::Dtmf {
-            call: key(1),
-            digit: '5'
-        }));
-        assert!(s.notify_control_batched(106, 5), "DTMF wakes at once");
-        assert!(
-            !s.notify_control_batched(200, 5),
-            "nothing pushed: no write"
-        );
-        assert_eq!(s.wakes_sent(), 3);
-        drop(c);
     }
 
     #[test]

@@ -41,8 +41,6 @@ const TOKEN_CONN_BASE: u64 = 16;
 const MAX_TX_BACKLOG: usize = 64 * 1024;
 /// Report played agent audio to the control side every this many ms.
 const PLAYED_REPORT_MS: u32 = 100;
-/// A paced shard wakes the control runtime for caller audio at most this often (ms).
-const CONTROL_BATCH_MS: u64 = 5;
 
 /// Everything a shard is built with.
 #[derive(Debug, Clone)]
@@ -386,11 +384,7 @@ impl Shard {
         self.drain_bridge(now);
         self.expire_timers(now);
         self.flush_udp();
-        if self.paced {
-            self.bridge.notify_control_batched(now, CONTROL_BATCH_MS);
-        } else {
-            self.bridge.notify_control();
-        }
+        self.bridge.notify_control();
         Ok(())
     }
 
