@@ -11,13 +11,14 @@ use voxd::engine::bridge::{link, AudioChunk, CallKey, ToControl, ToShard};
 fn bench_ring(c: &mut Criterion) {
     let payload = [0x55u8; 160]; // 20 ms of PCMU
     let call = CallKey::new(0, 17, 1);
+    let at = std::time::Instant::now();
 
     c.bench_function("ring/push+pop CallerAudio 160 B (same thread)", |b| {
         let (mut s, mut ctl) = link(0, 1024).expect("eventfd");
         let mut out = Vec::with_capacity(64);
         b.iter(|| {
             let chunk = AudioChunk::from_slice(black_box(&payload)).expect("fits");
-            assert!(s.push(ToControl::CallerAudio { call, chunk }));
+            assert!(s.push(ToControl::CallerAudio { call, chunk, at }));
             out.clear();
             ctl.try_recv_batch(&mut out);
             black_box(&out);
@@ -32,7 +33,7 @@ fn bench_ring(c: &mut Criterion) {
         b.iter(|| {
             for _ in 0..32 {
                 let chunk = AudioChunk::from_slice(black_box(&payload)).expect("fits");
-                assert!(s.push(ToControl::CallerAudio { call, chunk }));
+                assert!(s.push(ToControl::CallerAudio { call, chunk, at }));
             }
             out.clear();
             ctl.try_recv_batch(&mut out);

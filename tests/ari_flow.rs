@@ -410,7 +410,7 @@ impl voxd::provider::Provider for Scripted {
         Box::pin(async move {
             while let Some(ev) = io.events.recv().await {
                 let out = match ev {
-                    CallerEvent::Audio(a) => AgentEvent::Audio(a),
+                    CallerEvent::Audio(a, _) => AgentEvent::Audio(a),
                     CallerEvent::Dtmf(d) => {
                         digits.lock().unwrap().push(d);
                         match d {

@@ -418,3 +418,86 @@ async fn admin_endpoints_need_the_token_and_list_sessions_and_reload() {
     );
     drop(call);
 }
+
+/// The per-stage latency percentiles in `/health` and the "caller frame ->
+/// provider write" histogram in `/metrics` come from a real call: the caller
+/// talks for 1 s, then is quiet; the sim agent answers.
+#[tokio::test]
+async fn latency_percentiles_come_from_a_real_call() {
+    let dir = std::env::temp_dir().join(format!("voxd-latency-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (health, as_port) = (free_port(), free_port());
+    let _voxd = serve(&dir, &yaml_with(health, as_port, ""), &[]);
+    let base = format!("http://127.0.0.1:{health}");
+    until(&format!("{base}/ready"), "ready", |c, _| c == 200).await;
+    let (_, h) = until(&format!("{base}/health"), "health", |c, _| c == 200).await;
+    let h: serde_json::Value = serde_json::from_str(&h).unwrap();
+    assert_eq!(
+        h["latency"]["caller_to_provider"]["count"], 0,
+        "no call yet"
+    );
+
+    let call = std::thread::spawn(move || {
+        let mut c = audiosocket_call(as_port, 9);
+        let mut reader = c.try_clone().unwrap();
+        let frames = std::thread::spawn(move || {
+            let mut n = 0u32;
+            while read_frame(&mut reader).is_some() {
+                n += 1;
+            }
+            n
+        });
+        let start = Instant::now();
+        for i in 0..250u32 {
+            if i < 50 {
+                send_frame(&mut c).unwrap();
+            } else {
+                let mut f = vec![0x10, 0x02, 0x80];
+                f.resize(3 + 640, 0);
+                c.write_all(&f).unwrap();
+            }
+            // Real 20 ms pacing, so the sim's detector sees a real utterance.
+            let due = start + Duration::from_millis(20 * (u64::from(i) + 1));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        c.shutdown(std::net::Shutdown::Both).unwrap();
+        frames.join().unwrap()
+    });
+    let (_, body) = until(&format!("{base}/health"), "a turn measured", |_, b| {
+        serde_json::from_str::<serde_json::Value>(b)
+            .is_ok_and(|h| h["latency"]["turn_response"]["count"].as_u64() >= Some(1))
+    })
+    .await;
+    let heard = tokio::task::spawn_blocking(move || call.join().unwrap())
+        .await
+        .unwrap();
+    assert!(heard > 0, "voxd sent frames");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let c2p = &h["latency"]["caller_to_provider"];
+    assert!(
+        c2p["count"].as_u64().unwrap() >= 40,
+        "every caller frame up to now is a sample: {c2p}"
+    );
+    let p50 = c2p["p50_ms"].as_f64().unwrap();
+    let p99 = c2p["p99_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p99, "{c2p}");
+    assert_eq!(
+        h["shard_load"][0]["latency"]["caller_to_provider"]["count"], c2p["count"],
+        "one shard: its samples are all of them"
+    );
+    let turn = &h["latency"]["turn_response"];
+    assert!(
+        turn["p50_ms"].as_f64().unwrap() >= 300.0,
+        "the sim thinks 300 ms before it answers: {turn}"
+    );
+    assert!(h["latency"]["stream_first_frame"]["count"].as_u64() >= Some(1));
+
+    let (_, m) = until(&format!("{base}/metrics"), "metrics", |c, _| c == 200).await;
+    let count: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("voxd_caller_to_provider_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voxd_caller_to_provider_seconds_count in /metrics");
+    assert!(count >= c2p["count"].as_u64().unwrap(), "{count} vs {c2p}");
+    promtool_check(&m);
+}

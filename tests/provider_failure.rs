@@ -71,7 +71,7 @@ impl Provider for Flaky {
             let mut frames = 0usize;
             while let Some(ev) = io.events.recv().await {
                 match ev {
-                    CallerEvent::Audio(a) => {
+                    CallerEvent::Audio(a, _) => {
                         frames += 1;
                         if fail_after.is_some_and(|n| frames > n) {
                             return SessionEnd::failed(ProviderError::Protocol {

@@ -47,7 +47,11 @@ async fn caller(tx: mpsc::Sender<CallerEvent>, codec: Codec, loud: usize, quiet:
     for i in 0..loud + quiet {
         tick.tick().await;
         let f = frame(codec, if i < loud { 8000.0 } else { 0.0 });
-        if tx.send(CallerEvent::Audio(f)).await.is_err() {
+        if tx
+            .send(CallerEvent::Audio(f, std::time::Instant::now()))
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -111,7 +115,7 @@ async fn echo_is_bit_exact_and_ends_on_hangup() {
             .collect();
         let chunk = Bytes::from(chunk);
         peer.events
-            .send(CallerEvent::Audio(chunk.clone()))
+            .send(CallerEvent::Audio(chunk.clone(), std::time::Instant::now()))
             .await
             .unwrap();
         if i % 10 == 0 {
@@ -143,7 +147,10 @@ async fn echo_ends_when_either_channel_closes() {
     let session = echo.session(meta(3, Codec::Pcmu), io); // run in place, not spawned
     drop(peer.out);
     peer.events
-        .send(CallerEvent::Audio(frame(Codec::Pcmu, 1000.0)))
+        .send(CallerEvent::Audio(
+            frame(Codec::Pcmu, 1000.0),
+            std::time::Instant::now(),
+        ))
         .await
         .unwrap();
     assert_eq!(session.await.reason, EndReason::ChannelClosed);

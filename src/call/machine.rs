@@ -198,6 +198,17 @@ pub type ReactionHistogram = MsHistogram<8>;
 /// Turn response times per [`TURN_BUCKETS_MS`].
 pub type TurnHistogram = MsHistogram<9>;
 
+/// Latencies a call measured on one tick (see [`Call::take_latency_samples`]), ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatencySamples {
+    /// Barge-in to the first silent frame.
+    pub barge_in_reaction_ms: Option<u64>,
+    /// Provider audio of a new utterance received to its first frame on the wire.
+    pub first_frame_ms: Option<u64>,
+    /// Caller's last loud frame to the first frame of the answer.
+    pub turn_response_ms: Option<u64>,
+}
+
 /// Counters of the whole call (the engine sums them per shard).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallStats {
@@ -249,6 +260,8 @@ pub struct Call {
     barge_in: Option<(u32, BargeInSource)>,
     /// When the barge-in whose reaction is not measured yet happened, ms.
     barge_in_at: Option<u64>,
+    /// Latencies measured since the engine last took them.
+    samples: LatencySamples,
     /// The caller's last loud frame while the agent was quiet (turn response).
     caller_spoke_at: Option<u64>,
     /// When the first audio of an utterance not yet on the wire arrived.
@@ -288,6 +301,7 @@ impl Call {
             caller_pending: None,
             barge_in: None,
             barge_in_at: None,
+            samples: LatencySamples::default(),
             caller_spoke_at: None,
             audio_arrived_at: None,
             jitter_x16: 0,
@@ -327,6 +341,12 @@ impl Call {
     /// The configuration the call was built with.
     pub fn config(&self) -> &CallConfig {
         &self.cfg
+    }
+
+    /// The latencies measured since the last call (each at most once per tick),
+    /// for the engine's per-shard percentiles; clears them.
+    pub fn take_latency_samples(&mut self) -> LatencySamples {
+        std::mem::take(&mut self.samples)
     }
 
     /// Counters so far.
@@ -606,21 +626,23 @@ impl Call {
         let outcome = self.playout.tick(at_ms, &mut self.tick_pcm);
         if let Some(t0) = self.barge_in_at.take() {
             // This frame is the first the caller gets after the flush.
+            let ms = at_ms.saturating_sub(t0);
             self.stats
                 .barge_in_reaction
-                .record(&BARGE_IN_BUCKETS_MS, at_ms.saturating_sub(t0));
+                .record(&BARGE_IN_BUCKETS_MS, ms);
+            self.samples.barge_in_reaction_ms = Some(ms);
         }
         let marker = matches!(outcome, TickOutcome::Audio { first: true });
         if marker {
             if let Some(t) = self.audio_arrived_at.take() {
-                self.stats
-                    .first_frame
-                    .record(&FIRST_FRAME_BUCKETS_MS, at_ms.saturating_sub(t));
+                let ms = at_ms.saturating_sub(t);
+                self.stats.first_frame.record(&FIRST_FRAME_BUCKETS_MS, ms);
+                self.samples.first_frame_ms = Some(ms);
             }
             if let Some(t) = self.caller_spoke_at.take() {
-                self.stats
-                    .turn_response
-                    .record(&TURN_BUCKETS_MS, at_ms.saturating_sub(t));
+                let ms = at_ms.saturating_sub(t);
+                self.stats.turn_response.record(&TURN_BUCKETS_MS, ms);
+                self.samples.turn_response_ms = Some(ms);
             }
         }
         self.cfg.caller.encode(&self.tick_pcm, &mut self.to_caller);

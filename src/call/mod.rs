@@ -15,8 +15,9 @@ pub mod machine;
 
 pub use codec::Codec;
 pub use machine::{
-    BargeInSource, Call, CallConfig, CallError, CallStats, Input, MsHistogram, Output,
-    ReactionHistogram, TurnHistogram, BARGE_IN_BUCKETS_MS, FIRST_FRAME_BUCKETS_MS, TURN_BUCKETS_MS,
+    BargeInSource, Call, CallConfig, CallError, CallStats, Input, LatencySamples, MsHistogram,
+    Output, ReactionHistogram, TurnHistogram, BARGE_IN_BUCKETS_MS, FIRST_FRAME_BUCKETS_MS,
+    TURN_BUCKETS_MS,
 };
 
 #[cfg(test)]

@@ -218,6 +218,17 @@ fn provider_barge_in_stops_agent_audio_on_the_next_frame() {
         "reaction = to the next frame"
     );
     assert_eq!(h.buckets[1], 1, "in the 5-10 ms bucket");
+    let s = call.take_latency_samples();
+    assert_eq!(
+        s.barge_in_reaction_ms,
+        Some(7),
+        "the same sample for the shard"
+    );
+    assert_eq!(
+        call.take_latency_samples(),
+        Default::default(),
+        "taken once"
+    );
     let r = poll_all(&mut call);
     assert!(
         r.to_caller[0].0.iter().all(|&b| b == 0xFF),

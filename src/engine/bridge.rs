@@ -251,6 +251,9 @@ pub enum ToControl {
         call: CallKey,
         /// The audio.
         chunk: AudioChunk,
+        /// When the shard read it (its loop turn's clock), where the "caller
+        /// frame -> provider write" latency starts.
+        at: std::time::Instant,
     },
     /// The caller pressed a DTMF key.
     Dtmf {
@@ -861,9 +864,12 @@ mod tests {
     }
 
     fn audio(i: u32) -> ToControl {
+        // One fixed arrival time, so that messages compare equal.
+        static AT: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
         ToControl::CallerAudio {
             call: key(i),
             chunk: AudioChunk::from_slice(&i.to_le_bytes()).unwrap(),
+            at: *AT.get_or_init(std::time::Instant::now),
         }
     }
 
@@ -1048,6 +1054,7 @@ mod tests {
                         ToControl::CallerAudio {
                             call: key(i),
                             chunk: AudioChunk::from_slice(&i.to_le_bytes()).unwrap(),
+                            at: std::time::Instant::now(),
                         }
                     } else {
                         played(i)
@@ -1079,7 +1086,7 @@ mod tests {
                 }
                 for m in &out {
                     match m {
-                        ToControl::CallerAudio { call, chunk } => {
+                        ToControl::CallerAudio { call, chunk, .. } => {
                             assert_eq!(next % 10, 0);
                             assert_eq!(call.slot(), next);
                             assert_eq!(chunk.as_slice(), next.to_le_bytes());

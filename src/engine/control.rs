@@ -75,6 +75,10 @@ pub struct ControlStats {
     pub provider_errors: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
     /// The calls up now, for `GET /sessions` (updated at call start and end only).
     pub sessions: Mutex<HashMap<CallKey, SessionInfo>>,
+    /// "Caller frame received -> bytes written to the provider", one stage per
+    /// shard (index = shard), recorded by the provider sessions. Empty: not
+    /// measured (tests that build stats by hand).
+    pub caller_to_provider: Vec<Arc<crate::ops::latency::Stage>>,
 }
 
 /// One call as `GET /sessions` lists it.
@@ -100,6 +104,14 @@ pub const DURATION_BUCKETS_MS: [u64; 8] = [
 ];
 
 impl ControlStats {
+    /// Stats for `shards` shards (one latency stage each).
+    pub fn with_shards(shards: usize) -> ControlStats {
+        ControlStats {
+            caller_to_provider: (0..shards).map(|_| Arc::default()).collect(),
+            ..ControlStats::default()
+        }
+    }
+
     fn provider_error(&self, provider: &'static str, kind: &'static str) {
         let mut m = self
             .provider_errors
@@ -516,10 +528,10 @@ impl Dispatcher {
     fn on_shard_message(&mut self, msg: ToControl) {
         match msg {
             ToControl::CallStarted { call, info } => self.on_call_started(call, info),
-            ToControl::CallerAudio { call, chunk } => {
+            ToControl::CallerAudio { call, chunk, at } => {
                 if let Some(s) = self.sessions.get_mut(&call).filter(|s| !s.agentless) {
                     let frame = s.slab.copy(chunk.as_slice());
-                    if s.events.try_send(CallerEvent::Audio(frame)).is_err() {
+                    if s.events.try_send(CallerEvent::Audio(frame, at)).is_err() {
                         self.stats
                             .caller_audio_dropped
                             .fetch_add(1, Ordering::Relaxed);
@@ -695,7 +707,7 @@ impl Dispatcher {
             attempt: 0,
             history: Vec::new(),
         };
-        let events = spawn_session(call, &provider, meta, self.agent_tx.clone());
+        let events = spawn_session(call, &provider, meta, self.agent_tx.clone(), self.latency());
         self.stats.sessions_started.fetch_add(1, Ordering::Relaxed);
         let r = formats.output.rate();
         let bytes_per_ms = r.samples_per_ms() * formats.output.bytes_per_sample();
@@ -773,6 +785,14 @@ impl Dispatcher {
         );
     }
 
+    /// This shard's "caller frame -> provider write" stage, if measured.
+    fn latency(&self) -> Option<Arc<crate::ops::latency::Stage>> {
+        self.stats
+            .caller_to_provider
+            .get(usize::from(self.ctrl.shard()))
+            .cloned()
+    }
+
     fn on_session_msg(&mut self, call: CallKey, msg: SessionMsg) {
         match msg {
             SessionMsg::Event(ev) => self.on_agent_event(call, ev),
@@ -785,6 +805,7 @@ impl Dispatcher {
     /// reconnect (provider faults, `provider_failure.reconnect`), then the policy.
     fn on_session_end(&mut self, call: CallKey, attempt: u32, end: SessionEnd) {
         let reconnect = self.live.get().policy.reconnect;
+        let latency = self.latency();
         let Some(s) = self.sessions.get_mut(&call) else {
             return;
         };
@@ -820,7 +841,7 @@ impl Dispatcher {
                 history: s.history.iter().cloned().collect(),
             };
             s.attempt = 1;
-            s.events = spawn_session(call, &s.provider, meta, self.agent_tx.clone());
+            s.events = spawn_session(call, &s.provider, meta, self.agent_tx.clone(), latency);
             tracing::info!(%call, provider = s.provider.name(), "reconnecting the provider once");
             return;
         }
@@ -947,8 +968,10 @@ fn spawn_session(
     provider: &Arc<dyn Provider>,
     meta: SessionMeta,
     tx: mpsc::Sender<(CallKey, SessionMsg)>,
+    latency: Option<Arc<crate::ops::latency::Stage>>,
 ) -> mpsc::Sender<CallerEvent> {
-    let (io, mut peer) = SessionIo::pair(EVENTS_CAPACITY, OUT_CAPACITY);
+    let (mut io, mut peer) = SessionIo::pair(EVENTS_CAPACITY, OUT_CAPACITY);
+    io.latency = latency;
     let attempt = meta.attempt;
     let handle = provider.start(meta, io);
     tokio::spawn(async move {

@@ -13,8 +13,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use hdrhistogram::Histogram;
+
 use super::shard::ShardStats;
-use crate::call::MsHistogram;
+use crate::call::{LatencySamples, MsHistogram};
+use crate::ops::latency;
 
 /// How often a shard publishes, ms.
 pub const PUBLISH_MS: u64 = 250;
@@ -81,11 +84,66 @@ impl ShardSnapshot {
     }
 }
 
+/// One shard's latency samples (us, hdrhistogram with [`latency::empty`]'s
+/// bounds): the source of the percentiles in `/health`. Recording and copying
+/// never allocate (the histograms are sized at creation).
+#[derive(Debug, Clone)]
+pub struct ShardLatency {
+    /// Caller's last loud frame to the first frame of the agent's answer.
+    pub turn_response: Histogram<u64>,
+    /// Barge-in to the first silent frame.
+    pub barge_in_reaction: Histogram<u64>,
+    /// Provider audio of a new utterance to its first frame on the wire.
+    pub first_frame: Histogram<u64>,
+}
+
+impl Default for ShardLatency {
+    fn default() -> Self {
+        ShardLatency {
+            turn_response: latency::empty(),
+            barge_in_reaction: latency::empty(),
+            first_frame: latency::empty(),
+        }
+    }
+}
+
+impl ShardLatency {
+    /// Adds one call tick's samples (ms, kept as us).
+    pub fn record(&mut self, s: LatencySamples) {
+        let us = |ms: u64| ms.saturating_mul(1000).clamp(1, latency::MAX_US);
+        if let Some(ms) = s.turn_response_ms {
+            let _ = self.turn_response.record(us(ms));
+        }
+        if let Some(ms) = s.barge_in_reaction_ms {
+            let _ = self.barge_in_reaction.record(us(ms));
+        }
+        if let Some(ms) = s.first_frame_ms {
+            let _ = self.first_frame.record(us(ms));
+        }
+    }
+
+    /// Adds another shard's samples.
+    pub fn add(&mut self, o: &ShardLatency) {
+        let _ = self.turn_response.add(&o.turn_response);
+        let _ = self.barge_in_reaction.add(&o.barge_in_reaction);
+        let _ = self.first_frame.add(&o.first_frame);
+    }
+
+    /// Becomes a copy of `o` (same bounds: no allocation).
+    pub fn copy_from(&mut self, o: &ShardLatency) {
+        self.turn_response.reset();
+        self.barge_in_reaction.reset();
+        self.first_frame.reset();
+        self.add(o);
+    }
+}
+
 /// The slots of all shards, shared by the shards (one writer each) and the
 /// scraper.
 #[derive(Debug)]
 pub struct Published {
     slots: Vec<Mutex<ShardSnapshot>>,
+    latency: Vec<Mutex<ShardLatency>>,
 }
 
 impl Published {
@@ -95,7 +153,30 @@ impl Published {
             slots: (0..shards)
                 .map(|_| Mutex::new(ShardSnapshot::default()))
                 .collect(),
+            latency: (0..shards)
+                .map(|_| Mutex::new(ShardLatency::default()))
+                .collect(),
         })
+    }
+
+    /// Shard `index` publishes its latency samples; skipped (returns false) if a
+    /// reader holds the slot right now.
+    pub fn publish_latency(&self, index: usize, l: &ShardLatency) -> bool {
+        match self.latency.get(index).map(Mutex::try_lock) {
+            Some(Ok(mut slot)) => {
+                slot.copy_from(l);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every shard's last latency samples, in shard order.
+    pub fn latency(&self) -> Vec<ShardLatency> {
+        self.latency
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
     }
 
     /// Shard `index` publishes `snap`; skipped (returns false) if a reader holds
@@ -141,6 +222,36 @@ mod tests {
         assert_eq!(total.stats.rtp_in, 10);
         assert_eq!(total.active_calls, 4);
         assert!((total.busy_ratio - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn latency_samples_publish_and_sum() {
+        let p = Published::new(2);
+        let mut a = ShardLatency::default();
+        a.record(LatencySamples {
+            turn_response_ms: Some(700),
+            barge_in_reaction_ms: Some(12),
+            first_frame_ms: None,
+        });
+        assert!(p.publish_latency(0, &a));
+        a.record(LatencySamples {
+            turn_response_ms: Some(900),
+            ..Default::default()
+        });
+        assert!(p.publish_latency(1, &a));
+        assert!(
+            p.publish_latency(0, &ShardLatency::default()),
+            "republish replaces"
+        );
+        let mut total = ShardLatency::default();
+        for l in p.latency() {
+            total.add(&l);
+        }
+        assert_eq!(total.turn_response.len(), 2);
+        assert_eq!(total.barge_in_reaction.len(), 1);
+        assert_eq!(total.first_frame.len(), 0);
+        let s = latency::Summary::of(&total.turn_response);
+        assert!((s.max_ms - 900.0).abs() < 9.0, "{s:?}");
     }
 
     #[test]

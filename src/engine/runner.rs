@@ -292,7 +292,7 @@ impl Engine {
             policy: cfg.provider_failure.clone(),
         });
         let published = super::published::Published::new(n);
-        let control_stats = Arc::new(ControlStats::default());
+        let control_stats = Arc::new(ControlStats::with_shards(n));
         let mut threads = Vec::with_capacity(n);
         let mut dispatchers = Vec::with_capacity(n);
         let mut backend_kind = BackendKind::Epoll;

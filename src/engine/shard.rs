@@ -158,6 +158,11 @@ pub struct Shard {
     life: Option<Arc<super::lifecycle::Lifecycle>>,
     /// Time spent waiting for events since the last publish, ns.
     waited_ns: u64,
+    /// When the current loop turn's wait returned: the arrival time stamped on
+    /// caller audio for the control side (one clock read per turn).
+    turn_at: std::time::Instant,
+    /// Latency samples of this shard's calls (hdrhistogram).
+    latency: super::published::ShardLatency,
     /// Jitter samples of live RTP calls, every publish so far.
     jitter_samples: super::published::JitterHistogram,
     /// Playout depth samples of live calls, every publish so far.
@@ -223,6 +228,8 @@ impl Shard {
             events: Events::with_capacity(1024),
             life: None,
             waited_ns: 0,
+            turn_at: std::time::Instant::now(),
+            latency: super::published::ShardLatency::default(),
             jitter_samples: Default::default(),
             depth_samples: Default::default(),
             udp_rx: UdpBatch::new(64),
@@ -317,6 +324,7 @@ impl Shard {
                 let busy = 1.0 - (self.waited_ns as f64 / wall).min(1.0);
                 self.waited_ns = 0;
                 published.publish(usize::from(self.spec.index), &self.snapshot(busy));
+                published.publish_latency(usize::from(self.spec.index), &self.latency);
             }
             let paced = self.spec.tick_ms > 0 && self.active_calls() > 0;
             if paced != self.paced {
@@ -346,6 +354,7 @@ impl Shard {
         self.flush_udp();
         self.bridge.notify_control();
         published.publish(usize::from(self.spec.index), &self.snapshot(0.0));
+        published.publish_latency(usize::from(self.spec.index), &self.latency);
         Ok(self.stats())
     }
 
@@ -355,7 +364,9 @@ impl Shard {
         let mut events = std::mem::replace(&mut self.events, Events::placeholder());
         let before = std::time::Instant::now();
         let waited = self.backend.wait(timeout_ms, &mut events);
-        self.waited_ns += before.elapsed().as_nanos() as u64;
+        let woke = std::time::Instant::now();
+        self.waited_ns += woke.duration_since(before).as_nanos() as u64;
+        self.turn_at = woke;
         let now = monotonic_ms();
         if let Err(e) = waited {
             self.events = events;
@@ -934,6 +945,7 @@ impl Shard {
             }
             if let Some(live) = self.slots[slot as usize].live.as_mut() {
                 let _ = live.call.handle_input(Input::Tick { at_ms: now });
+                self.latency.record(live.call.take_latency_samples());
             }
             self.flush_outputs(slot);
         }
@@ -986,8 +998,11 @@ impl Shard {
                     Output::SendToProvider(bytes) => {
                         for part in bytes.chunks(CHUNK_BYTES) {
                             if let Some(chunk) = AudioChunk::from_slice(part) {
-                                self.bridge
-                                    .push(ToControl::CallerAudio { call: key, chunk });
+                                self.bridge.push(ToControl::CallerAudio {
+                                    call: key,
+                                    chunk,
+                                    at: self.turn_at,
+                                });
                             }
                         }
                     }

@@ -348,12 +348,20 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
         })
     });
     let active = active_calls(&i.control);
+    let lat = Latencies::gather(i);
     let shards: Vec<serde_json::Value> = i
         .published
         .shards()
         .iter()
         .enumerate()
-        .map(|(n, s)| json!({"shard": n, "calls": s.active_calls, "busy_ratio": (s.busy_ratio * 1000.0).round() / 1000.0}))
+        .map(|(n, s)| {
+            json!({
+                "shard": n,
+                "calls": s.active_calls,
+                "busy_ratio": (s.busy_ratio * 1000.0).round() / 1000.0,
+                "latency": lat.per_shard.get(n).cloned().unwrap_or_default(),
+            })
+        })
         .collect();
     let body = json!({
         "status": if r.ready() { "healthy" } else { "degraded" },
@@ -368,9 +376,62 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
         "external_media": {"listening": true, "address": i.rtp.to_string()},
         "ari": ari,
         "providers": providers,
+        "latency": lat.total,
     });
     axum::Json(body).into_response()
 }
+
+/// Percentiles of every latency stage, per shard and over all shards, from the
+/// shards' hdrhistograms.
+struct Latencies {
+    per_shard: Vec<serde_json::Value>,
+    total: serde_json::Value,
+    /// All shards' "caller frame -> provider write" samples.
+    caller_to_provider: hdrhistogram::Histogram<u64>,
+}
+
+impl Latencies {
+    fn gather(i: &HealthInputs) -> Latencies {
+        use crate::ops::latency::empty;
+        let shard_lat = i.published.latency();
+        let mut total = crate::engine::published::ShardLatency::default();
+        let mut c2p_total = empty();
+        let mut per_shard = Vec::with_capacity(shard_lat.len());
+        for (n, l) in shard_lat.iter().enumerate() {
+            total.add(l);
+            let mut c2p = empty();
+            if let Some(st) = i.control.caller_to_provider.get(n) {
+                st.merge_into(&mut c2p);
+            }
+            let _ = c2p_total.add(&c2p);
+            per_shard.push(Self::json(&c2p, l));
+        }
+        let json_total = Self::json(&c2p_total, &total);
+        Latencies {
+            per_shard,
+            total: json_total,
+            caller_to_provider: c2p_total,
+        }
+    }
+
+    fn json(
+        c2p: &hdrhistogram::Histogram<u64>,
+        l: &crate::engine::published::ShardLatency,
+    ) -> serde_json::Value {
+        use crate::ops::latency::Summary;
+        json!({
+            "caller_to_provider": Summary::of(c2p).to_json(),
+            "stream_first_frame": Summary::of(&l.first_frame).to_json(),
+            "turn_response": Summary::of(&l.turn_response).to_json(),
+            "barge_in_reaction": Summary::of(&l.barge_in_reaction).to_json(),
+        })
+    }
+}
+
+/// Upper bounds (s) of the "caller frame -> provider write" buckets.
+const CALLER_TO_PROVIDER_BOUNDS_S: [f64; 10] = [
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
+];
 
 /// Seconds from a ms count.
 fn secs(ms: u64) -> f64 {
@@ -453,6 +514,18 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         &st.first_frame.buckets,
         secs(st.first_frame.sum_ms),
     );
+    {
+        let lat = Latencies::gather(i);
+        let (counts, sum) =
+            crate::ops::latency::buckets(&lat.caller_to_provider, &CALLER_TO_PROVIDER_BOUNDS_S);
+        e.histogram(
+            "voxd_caller_to_provider_seconds",
+            "Caller frame received by a shard to the bytes written to the provider's socket (per write, its oldest frame; in-process agents: taken by the agent).",
+            &CALLER_TO_PROVIDER_BOUNDS_S,
+            &counts,
+            sum,
+        );
+    }
     e.histogram(
         "voxd_playout_depth_seconds",
         "Agent audio queued per live call, sampled 4 times a second.",

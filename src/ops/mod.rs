@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod health;
+pub mod latency;
 pub mod metrics;
 pub mod reload;
 pub mod sdnotify;

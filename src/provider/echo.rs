@@ -43,7 +43,9 @@ async fn run(meta: SessionMeta, mut io: SessionIo) -> SessionEnd {
     tracing::debug!(call_id = meta.call_id, "echo session started");
     let end = loop {
         match io.events.recv().await {
-            Some(CallerEvent::Audio(chunk)) => {
+            Some(CallerEvent::Audio(chunk, at)) => {
+                // In-process: taking the frame is the write.
+                io.record_write(at);
                 if io.out.send(AgentEvent::Audio(chunk)).await.is_err() {
                     break SessionEnd::new(EndReason::ChannelClosed);
                 }

@@ -20,14 +20,16 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::ops::latency::Stage;
 use crate::provider::net::WsStream;
 use crate::provider::ProviderError;
 
@@ -42,6 +44,10 @@ pub struct Writer {
     sink: SplitSink<WsStream, Message>,
     queue: VecDeque<Message>,
     unflushed: bool,
+    /// "Caller frame -> provider write" stage this writer records into.
+    latency: Option<Arc<Stage>>,
+    /// Arrival of the oldest caller frame in what is queued or unflushed.
+    since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -65,7 +71,23 @@ impl Writer {
             sink,
             queue: VecDeque::new(),
             unflushed: false,
+            latency: None,
+            since: None,
         }
+    }
+
+    /// Records, per completed write, the time from the oldest caller frame it
+    /// carried (see [`Writer::carries`]) into `latency`.
+    pub fn with_latency(mut self, latency: Option<Arc<Stage>>) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// What is pushed next carries caller audio the shard received at `at`: when
+    /// it is written and flushed, the time since the oldest such frame is one
+    /// "caller frame -> provider write" sample.
+    pub fn carries(&mut self, at: Instant) {
+        self.since.get_or_insert(at);
     }
 
     /// Queues `msg` for sending (written by the next [`Writer::kick`] or
@@ -110,6 +132,9 @@ impl Writer {
         if self.unflushed {
             ready!(self.sink.poll_flush_unpin(cx))?;
             self.unflushed = false;
+        }
+        if let (Some(at), Some(l)) = (self.since.take(), &self.latency) {
+            l.record_since(at);
         }
         Poll::Ready(Ok(()))
     }

@@ -31,12 +31,14 @@ pub(crate) mod testkit;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::call::Codec;
 use crate::config::Config;
+use crate::ops::latency::Stage;
 
 pub use echo::EchoProvider;
 pub use sim::{SimAction, SimAgent, SimConfig, SimProvider, SimStats};
@@ -73,8 +75,10 @@ pub struct AudioFormats {
 /// An event from the call to the provider session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallerEvent {
-    /// Caller audio in the session's input codec, about 20 ms per chunk.
-    Audio(Bytes),
+    /// Caller audio in the session's input codec, about 20 ms per chunk, with the
+    /// time the shard received it (the start of the "caller frame -> provider
+    /// write" latency a session records in [`SessionIo::latency`]).
+    Audio(Bytes, Instant),
     /// The caller pressed a DTMF key (`0-9`, `*`, `#`, `A-D`).
     Dtmf(char),
     /// The agent was cut after the caller heard `played_ms` of the current
@@ -189,6 +193,11 @@ pub struct SessionIo {
     /// Agent events out of the session. A failed send (the glue dropped its
     /// receiver) ends the session.
     pub out: mpsc::Sender<AgentEvent>,
+    /// Where the session records, per write to the provider's socket, the time
+    /// from its oldest caller frame's arrival ([`CallerEvent::Audio`]) to the
+    /// write's completion (set by the engine, one [`Stage`] per shard; `None` in
+    /// tests).
+    pub latency: Option<Arc<Stage>>,
 }
 
 /// The two channels of one session, call side (kept by the glue).
@@ -201,6 +210,14 @@ pub struct SessionPeer {
 }
 
 impl SessionIo {
+    /// Records one write to the provider's socket that carried caller audio the
+    /// shard received at `since` (the oldest such frame in the write).
+    pub fn record_write(&self, since: Instant) {
+        if let Some(l) = &self.latency {
+            l.record_since(since);
+        }
+    }
+
     /// Both ends of a session's bounded channels with the given capacities
     /// (normally [`EVENTS_CAPACITY`], [`OUT_CAPACITY`]; each at least 1).
     pub fn pair(events_capacity: usize, out_capacity: usize) -> (SessionIo, SessionPeer) {
@@ -210,6 +227,7 @@ impl SessionIo {
             SessionIo {
                 events: ev_rx,
                 out: out_tx,
+                latency: None,
             },
             SessionPeer {
                 events: ev_tx,

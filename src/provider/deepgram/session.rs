@@ -134,9 +134,9 @@ pub async fn run(
         cfg,
         stats,
         meta,
+        writer: Writer::new(sink).with_latency(io.latency.clone()),
         io,
         stream,
-        writer: Writer::new(sink),
         held,
         phase: Phase::Welcome,
         last_sent: now,
@@ -195,7 +195,8 @@ fn hold_event(ev: Option<CallerEvent>, held: &mut HoldBuffer, stats: &DeepgramSt
     match ev {
         None => Err(SessionEnd::new(EndReason::ChannelClosed)),
         Some(CallerEvent::Hangup) => Err(SessionEnd::new(EndReason::CallerHangup)),
-        Some(CallerEvent::Audio(frame)) => {
+        Some(CallerEvent::Audio(frame, _)) => {
+            // Held until SettingsApplied on purpose: not a write latency sample.
             add(&stats.held_dropped_bytes, held.push(frame));
             Ok(())
         }
@@ -313,9 +314,10 @@ impl Session {
         match ev {
             None => Err(SessionEnd::new(EndReason::ChannelClosed)),
             Some(CallerEvent::Hangup) => Err(SessionEnd::new(EndReason::CallerHangup)),
-            Some(CallerEvent::Audio(frame)) => {
+            Some(CallerEvent::Audio(frame, at)) => {
                 add(&self.stats.audio_sent_bytes, frame.len());
                 self.last_sent = Instant::now();
+                self.writer.carries(at);
                 self.send(Message::Binary(frame.to_vec())).await
             }
             Some(CallerEvent::Dtmf(digit)) => {

@@ -147,7 +147,7 @@ async fn opening_sequence_holds_audio_until_settings_applied() {
     // Audio during the connect and while waiting for Welcome ...
     for i in 0..5 {
         peer.events
-            .send(CallerEvent::Audio(frame(i)))
+            .send(CallerEvent::Audio(frame(i), std::time::Instant::now()))
             .await
             .unwrap();
     }
@@ -158,7 +158,7 @@ async fn opening_sequence_holds_audio_until_settings_applied() {
     // ... and after Settings went out, before SettingsApplied: all of it is held.
     for i in 5..10 {
         peer.events
-            .send(CallerEvent::Audio(frame(i)))
+            .send(CallerEvent::Audio(frame(i), std::time::Instant::now()))
             .await
             .unwrap();
     }
@@ -191,7 +191,7 @@ async fn opening_sequence_holds_audio_until_settings_applied() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     peer.events
-        .send(CallerEvent::Audio(frame(99)))
+        .send(CallerEvent::Audio(frame(99), std::time::Instant::now()))
         .await
         .unwrap();
     assert_eq!(
@@ -227,7 +227,7 @@ async fn hold_buffer_keeps_the_last_second() {
     let (peer, task) = start(&p, meta(None));
     for i in 0..60 {
         peer.events
-            .send(CallerEvent::Audio(frame(i)))
+            .send(CallerEvent::Audio(frame(i), std::time::Instant::now()))
             .await
             .unwrap();
     }
@@ -550,7 +550,7 @@ async fn missing_welcome_times_out_and_hangup_during_handshake_ends_cleanly() {
     let p = DeepgramProvider::from_config(&config(&url)).unwrap();
     let (peer, task) = start(&p, meta(None));
     peer.events
-        .send(CallerEvent::Audio(frame(1)))
+        .send(CallerEvent::Audio(frame(1), std::time::Instant::now()))
         .await
         .unwrap();
     tokio::time::timeout(LIMIT, seen_rx).await.unwrap().unwrap();
@@ -584,7 +584,9 @@ async fn a_provider_that_stops_reading_stops_the_caller_audio_then_times_out() {
             pushed < 1024,
             "the session kept taking audio from a provider that does not read"
         );
-        let send = peer.events.send(CallerEvent::Audio(chunk.clone()));
+        let send = peer
+            .events
+            .send(CallerEvent::Audio(chunk.clone(), std::time::Instant::now()));
         match tokio::time::timeout(Duration::from_millis(200), send).await {
             Ok(Ok(())) => pushed += 1,
             Ok(Err(_)) => break, // the session ended and dropped its receiver

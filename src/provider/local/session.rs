@@ -129,13 +129,14 @@ pub async fn run(
     let mut s = Session {
         call_id: meta.call_id.to_string(),
         batch: Vec::with_capacity(cfg.chunk_bytes),
+        batch_since: None,
         deadline: Instant::now() + cfg.connect_timeout,
         cfg,
         stats,
         meta,
+        writer: Writer::new(sink).with_latency(io.latency.clone()),
         io,
         stream,
-        writer: Writer::new(sink),
         held,
         phase: Phase::Auth,
         pending: VecDeque::new(),
@@ -194,7 +195,8 @@ fn hold_event(ev: Option<CallerEvent>, held: &mut HoldBuffer, stats: &LocalStats
     match ev {
         None => Err(SessionEnd::new(EndReason::ChannelClosed)),
         Some(CallerEvent::Hangup) => Err(SessionEnd::new(EndReason::CallerHangup)),
-        Some(CallerEvent::Audio(frame)) => {
+        Some(CallerEvent::Audio(frame, _)) => {
+            // Held until auth_response on purpose: not a write latency sample.
             add(&stats.held_dropped_bytes, held.push(frame));
             Ok(())
         }
@@ -217,6 +219,8 @@ struct Session {
     deadline: Instant,
     /// Caller audio not yet sent (less than one chunk once sent out).
     batch: Vec<u8>,
+    /// Arrival of the oldest caller frame in `batch`.
+    batch_since: Option<std::time::Instant>,
     /// `tts_audio` metadata waiting for its binary message.
     pending: VecDeque<TtsMeta>,
     conv: OutputConverter,
@@ -363,9 +367,20 @@ impl Session {
         match ev {
             None => Err(SessionEnd::new(EndReason::ChannelClosed)),
             Some(CallerEvent::Hangup) => Err(SessionEnd::new(EndReason::CallerHangup)),
-            Some(CallerEvent::Audio(frame)) => {
+            Some(CallerEvent::Audio(frame, at)) => {
+                self.batch_since.get_or_insert(at);
                 self.batch.extend_from_slice(&frame);
+                let before = self.batch.len();
                 self.queue_full_chunks()?;
+                if self.batch.len() < before {
+                    // Chunks went to the writer: they carry the oldest frame.
+                    if let Some(since) = self.batch_since.take() {
+                        self.writer.carries(since);
+                    }
+                    if !self.batch.is_empty() {
+                        self.batch_since = Some(at);
+                    }
+                }
                 self.kick().await
             }
             Some(CallerEvent::Dtmf(digit)) => {

@@ -137,7 +137,7 @@ async fn auth_first_then_audio_batched_to_chunk_ms() {
     // 12 frames held before auth_response ...
     for i in 0..12 {
         peer.events
-            .send(CallerEvent::Audio(frame(i)))
+            .send(CallerEvent::Audio(frame(i), std::time::Instant::now()))
             .await
             .unwrap();
     }
@@ -151,7 +151,7 @@ async fn auth_first_then_audio_batched_to_chunk_ms() {
     // ... and 8 more live (the last 320 bytes of a partial chunk stay batched).
     for i in 12..20 {
         peer.events
-            .send(CallerEvent::Audio(frame(i)))
+            .send(CallerEvent::Audio(frame(i), std::time::Instant::now()))
             .await
             .unwrap();
     }
@@ -205,7 +205,7 @@ async fn refused_auth_ends_the_session_without_leaking_the_token() {
     let p = LocalProvider::from_config(&config(&url, None, 20)).unwrap();
     let (peer, task) = start(&p, meta(None));
     peer.events
-        .send(CallerEvent::Audio(frame(0)))
+        .send(CallerEvent::Audio(frame(0), std::time::Instant::now()))
         .await
         .unwrap();
     let err = end_of(task).await.error.expect("an error");
@@ -438,7 +438,7 @@ async fn agent_prompt_and_greeting_on_the_first_attempt_only() {
     m.history = vec![(Role::User, "hi".into())];
     let (peer, task) = start(&p, m);
     peer.events
-        .send(CallerEvent::Audio(frame(0)))
+        .send(CallerEvent::Audio(frame(0), std::time::Instant::now()))
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -518,7 +518,9 @@ async fn a_server_that_stops_reading_stops_the_caller_audio_then_times_out() {
             pushed < 1024,
             "the session kept taking audio from a server that does not read"
         );
-        let send = peer.events.send(CallerEvent::Audio(chunk.clone()));
+        let send = peer
+            .events
+            .send(CallerEvent::Audio(chunk.clone(), std::time::Instant::now()));
         match tokio::time::timeout(Duration::from_millis(200), send).await {
             Ok(Ok(())) => pushed += 1,
             Ok(Err(_)) => break,

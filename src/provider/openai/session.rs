@@ -49,6 +49,7 @@ use super::events::{
 use super::turn::Turn;
 use super::{bytes_per_ms, codec_of, OpenAiStats, Settings, NAME};
 use crate::media::slab::FrameSlab;
+use crate::ops::latency::Stage;
 use crate::provider::net::{self, WsStream};
 use crate::provider::{
     AgentEvent, CallerEvent, EndReason, ProviderError, Role, SessionEnd, SessionIo, SessionMeta,
@@ -239,6 +240,12 @@ struct Session<'a> {
     slab: FrameSlab,
     epoch: Instant,
     counts: Counts,
+    /// "Caller frame -> provider write" stage of this call's shard.
+    latency: Option<Arc<Stage>>,
+    /// Arrival of the oldest caller frame in the batch not yet appended.
+    batch_since: Option<std::time::Instant>,
+    /// Arrival of the oldest caller frame appended but not yet flushed.
+    unflushed_since: Option<std::time::Instant>,
 }
 
 /// Run one session to its end (the future behind [`Provider::session`]).
@@ -252,7 +259,11 @@ pub(super) async fn run(
 ) -> SessionEnd {
     stats.sessions.fetch_add(1, Ordering::Relaxed);
     let s = &*settings;
-    let SessionIo { mut events, out } = io;
+    let SessionIo {
+        mut events,
+        out,
+        latency,
+    } = io;
     let mut early = VecDeque::new();
     let mut ws = match open(s, &stats, &mut events, &mut early).await {
         Ok(ws) => ws,
@@ -283,6 +294,9 @@ pub(super) async fn run(
         slab: FrameSlab::new(OUT_SLAB_BYTES),
         epoch: Instant::now(),
         counts: Counts::default(),
+        latency,
+        batch_since: None,
+        unflushed_since: None,
     };
     let end = match session.opening(&mut ws, &meta, early).await {
         Err(e) => SessionEnd::failed(lost(&e)),
@@ -319,7 +333,8 @@ fn early_event(
     match ev {
         None => Err(SessionEnd::new(EndReason::ChannelClosed)),
         Some(CallerEvent::Hangup) => Err(SessionEnd::new(EndReason::CallerHangup)),
-        Some(CallerEvent::Audio(chunk)) => {
+        Some(CallerEvent::Audio(chunk, _)) => {
+            // Held during the handshake on purpose: not a write latency sample.
             if early.len() >= HANDSHAKE_AUDIO_CHUNKS {
                 early.pop_front();
                 stats
@@ -521,13 +536,23 @@ impl Session<'_> {
             }
         }
         for chunk in early {
-            self.push_audio(ws, &chunk).await?;
+            self.push_audio(ws, &chunk, None).await?;
         }
         Ok(())
     }
 
     /// Batch caller audio; queue every completed append.
-    async fn push_audio(&mut self, ws: &mut WsStream, chunk: &[u8]) -> Result<bool, WsError> {
+    async fn push_audio(
+        &mut self,
+        ws: &mut WsStream,
+        chunk: &[u8],
+        at: Option<std::time::Instant>,
+    ) -> Result<bool, WsError> {
+        // Audio held during the handshake has no arrival time: not a sample.
+        if let Some(at) = at {
+            self.batch_since.get_or_insert(at);
+        }
+        let since = self.batch_since;
         self.counts.audio_in += chunk.len() as u64;
         self.counts.chunks += 1;
         if self.counts.chunks >= STATS_EVERY_CHUNKS {
@@ -535,6 +560,12 @@ impl Session<'_> {
         }
         self.batcher.push(chunk, &mut self.appends);
         let sent = !self.appends.is_empty();
+        if sent {
+            self.batch_since = None;
+            if self.unflushed_since.is_none() {
+                self.unflushed_since = since;
+            }
+        }
         for m in self.appends.drain(..) {
             ws.feed(Message::Text(m)).await?;
         }
@@ -567,6 +598,9 @@ impl Session<'_> {
             let step = match wake {
                 Wake::Flushed(Ok(())) => {
                     need_flush = false;
+                    if let (Some(at), Some(l)) = (self.unflushed_since.take(), &self.latency) {
+                        l.record_since(at);
+                    }
                     Ok(())
                 }
                 Wake::Flushed(Err(e)) | Wake::Net(Some(Err(e))) => {
@@ -599,7 +633,9 @@ impl Session<'_> {
     async fn on_caller(&mut self, ws: &mut WsStream, ev: CallerEvent) -> Result<bool, SessionEnd> {
         let net = |e: WsError| SessionEnd::failed(lost(&e));
         match ev {
-            CallerEvent::Audio(chunk) => self.push_audio(ws, &chunk).await.map_err(net),
+            CallerEvent::Audio(chunk, at) => {
+                self.push_audio(ws, &chunk, Some(at)).await.map_err(net)
+            }
             CallerEvent::BargeIn { played_ms } => {
                 let act = self.turn.on_barge_in(played_ms);
                 if act.local {

@@ -428,7 +428,8 @@ async fn reconnect_replays_history_and_skips_the_greeting() {
     );
     // No greeting: the next event is the caller's audio.
     let f = frame(1, 160);
-    call.send(CallerEvent::Audio(f.clone())).await;
+    call.send(CallerEvent::Audio(f.clone(), std::time::Instant::now()))
+        .await;
     assert_eq!(conn.recv_append().await, &f[..]);
     // DTMF becomes a user text item.
     call.send(CallerEvent::Dtmf('5')).await;
@@ -451,12 +452,14 @@ async fn appends_carry_exactly_the_audio_batched_by_append_ms() {
     // Audio sent before the session exists is kept and sent after session.update.
     let early = [frame(1, 160), frame(2, 160)];
     for f in &early {
-        call.send(CallerEvent::Audio(f.clone())).await;
+        call.send(CallerEvent::Audio(f.clone(), std::time::Instant::now()))
+            .await;
     }
     conn.open().await;
     let frames: Vec<Bytes> = (3..10).map(|k| frame(k, 160)).collect();
     for f in &frames {
-        call.send(CallerEvent::Audio(f.clone())).await;
+        call.send(CallerEvent::Audio(f.clone(), std::time::Instant::now()))
+            .await;
     }
     let all: Vec<u8> = early
         .iter()
@@ -492,7 +495,8 @@ async fn twenty_ms_appends_send_every_frame() {
     conn.open().await;
     for k in 0..4 {
         let f = frame(k, 960); // 20 ms of 24 kHz PCM
-        call.send(CallerEvent::Audio(f.clone())).await;
+        call.send(CallerEvent::Audio(f.clone(), std::time::Instant::now()))
+            .await;
         assert_eq!(conn.recv_append().await, &f[..]);
     }
     call.send(CallerEvent::Hangup).await;
@@ -551,7 +555,8 @@ async fn deltas_become_audio_and_provider_barge_in_truncates_without_cancel() {
     // No cancel (the server cut its own response), no second truncate.
     call.send(CallerEvent::BargeIn { played_ms: 900 }).await;
     let f = frame(9, 160);
-    call.send(CallerEvent::Audio(f.clone())).await;
+    call.send(CallerEvent::Audio(f.clone(), std::time::Instant::now()))
+        .await;
     assert_eq!(conn.recv_append().await, &f[..]);
 
     call.send(CallerEvent::Hangup).await;
@@ -831,7 +836,8 @@ async fn hangup_while_connecting_ends_at_once() {
     let p = provider(&c);
     let call = Call::start(&p, meta());
     let (_tcp, _) = live("a connection", listener.accept()).await.unwrap();
-    call.send(CallerEvent::Audio(frame(1, 160))).await;
+    call.send(CallerEvent::Audio(frame(1, 160), std::time::Instant::now()))
+        .await;
     call.send(CallerEvent::Hangup).await;
     assert_eq!(call.end().await, SessionEnd::new(EndReason::CallerHangup));
     assert_eq!(p.stats().snapshot().connect_failures, 0);
@@ -854,7 +860,11 @@ async fn a_provider_that_does_not_read_stops_the_intake() {
     let chunk = frame(5, 48_000);
     let mut sent = 0u32;
     loop {
-        match call.peer.events.try_send(CallerEvent::Audio(chunk.clone())) {
+        match call
+            .peer
+            .events
+            .try_send(CallerEvent::Audio(chunk.clone(), std::time::Instant::now()))
+        {
             Ok(()) => sent += 1,
             Err(TrySendError::Full(_)) => {
                 // Maybe the session just had no turn yet: give it many.
@@ -865,7 +875,7 @@ async fn a_provider_that_does_not_read_stops_the_intake() {
                 if call
                     .peer
                     .events
-                    .try_send(CallerEvent::Audio(chunk.clone()))
+                    .try_send(CallerEvent::Audio(chunk.clone(), std::time::Instant::now()))
                     .is_err()
                 {
                     break;

@@ -129,7 +129,9 @@ async fn run(mut cfg: SimConfig, meta: SessionMeta, mut io: SessionIo) -> Sessio
         match event {
             None => {} // timer: poll again
             Some(None) => break SessionEnd::new(EndReason::ChannelClosed),
-            Some(Some(CallerEvent::Audio(bytes))) => {
+            Some(Some(CallerEvent::Audio(bytes, at))) => {
+                // In-process: the agent taking the frame is the write.
+                io.record_write(at);
                 let n = bytes.len() / codec.bytes_per_sample();
                 pcm.resize(n, 0);
                 let n = codec.decode(&bytes[..n * codec.bytes_per_sample()], &mut pcm);
