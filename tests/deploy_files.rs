@@ -40,6 +40,7 @@ const EXPORTED_METRICS: &[(&str, Kind, &[&str])] = &[
     ("ai_agent_calls_total", Kind::Counter, &["reason"]),
     ("ai_agent_call_duration_seconds", Kind::Histogram, &[]),
     ("ai_agent_turn_response_seconds", Kind::Histogram, &[]),
+    ("voxd_caller_to_provider_seconds", Kind::Histogram, &[]),
     ("ai_agent_barge_in_reaction_seconds", Kind::Histogram, &[]),
     ("ai_agent_barge_in_events_total", Kind::Counter, &[]),
     ("ai_agent_stream_frames_sent_total", Kind::Counter, &[]),
@@ -568,6 +569,7 @@ fn grafana_dashboard_is_valid_and_uses_exported_metrics() {
     for h in [
         "ai_agent_turn_response_seconds",
         "ai_agent_barge_in_reaction_seconds",
+        "voxd_caller_to_provider_seconds",
     ] {
         assert!(quantile_families.contains(h), "{h}: no percentile panel");
     }

@@ -154,7 +154,7 @@ async fn endpoints_answer_and_metrics_pass_promtool() {
 
 /// Every metric family deploy/prometheus and deploy/grafana rely on
 /// (tests/deploy_files.rs checks they use no other).
-const EXPORTED: [&str; 32] = [
+const EXPORTED: [&str; 33] = [
     "voxd_draining",
     "voxd_up",
     "voxd_ready",
@@ -187,6 +187,7 @@ const EXPORTED: [&str; 32] = [
     "process_resident_memory_bytes",
     "process_open_fds",
     "voxd_rtp_reordered_packets_total",
+    "voxd_caller_to_provider_seconds",
 ];
 
 #[tokio::test]
