@@ -47,9 +47,12 @@ use tokio::io::Interest;
 
 use crate::call::{CallConfig, Codec};
 
-/// Largest audio payload in one [`AudioChunk`]: 20 ms of 24 kHz slin (or 60 ms of
-/// 16 kHz slin, or 240 ms of G.711).
-pub const CHUNK_BYTES: usize = 1920;
+/// Largest audio payload in one [`AudioChunk`]: one 20 ms frame of the widest
+/// provider format, 24 kHz slin (or 30 ms of 16 kHz slin, or 120 ms of G.711).
+/// A ring slot holds a whole message, so this sets the rings' size: 8,192 slots
+/// of ~1 KiB per direction per shard (it was 1,920 B, 20 ms at 48 kHz, which no
+/// provider uses: twice the memory and twice the bytes moved per message).
+pub const CHUNK_BYTES: usize = 960;
 
 /// A fixed-size audio buffer moved by value through a ring: no allocation per frame.
 #[derive(Clone)]
@@ -233,7 +236,7 @@ impl fmt::Display for EndReason {
 }
 
 /// Shard -> control runtime.
-// Audio variants are ~2 KiB on purpose: messages move by value through the ring's
+// Audio variants are ~1 KiB on purpose: messages move by value through the ring's
 // preallocated slots; boxing them would allocate per frame.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,7 +326,7 @@ impl ToControl {
 }
 
 /// Control runtime -> shard.
-// Audio variants are ~2 KiB on purpose: messages move by value through the ring's
+// Audio variants are ~1 KiB on purpose: messages move by value through the ring's
 // preallocated slots; boxing them would allocate per frame.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -382,7 +385,7 @@ pub enum BridgeError {
 }
 
 /// Builds the bridge of shard `shard`: two rings of `capacity` messages each (every
-/// slot holds a whole message, about 2 KiB: size accordingly) and two eventfds.
+/// slot holds a whole message, about 1 KiB: size accordingly) and two eventfds.
 /// Called once per shard at start-up; needs no tokio runtime (the control end
 /// registers with the reactor on its first wait).
 ///

@@ -208,7 +208,7 @@ pub struct AriMode {
 }
 
 /// Commands to a shard's dispatcher from elsewhere on the control runtime (another
-/// dispatcher, the ARI call flow). Rare (call control, not audio), so the ~2 KiB
+/// dispatcher, the ARI call flow). Rare (call control, not audio), so the ~1 KiB
 /// `Shard` variant is not boxed: it is a hang-up in practice.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]

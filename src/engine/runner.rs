@@ -28,8 +28,17 @@ use crate::media::vad::VadConfig;
 use crate::media::Rate;
 use crate::provider::Registry;
 
-/// Ring capacity per direction per shard (messages).
-const BRIDGE_CAPACITY: usize = 8192;
+/// Ring capacity per direction per shard (messages) for a shard that may carry
+/// `calls`: four messages per call (a 20 ms frame each way plus playout credit,
+/// with room for a burst), a power of two from 1,024 to 8,192. A slot is ~1 KiB
+/// and the kernel maps it on first use, so an oversized ring costs resident memory
+/// once the ring has wrapped: 8,192 slots are 16 MiB per shard for both directions.
+fn bridge_capacity(calls: usize) -> usize {
+    calls
+        .saturating_mul(4)
+        .next_power_of_two()
+        .clamp(1024, 8192)
+}
 /// Agent audio allowed unplayed in a shard, as a share of the playout capacity.
 const CREDIT_SHARE: f64 = 0.8;
 
@@ -303,8 +312,8 @@ impl Engine {
             let (backend, note) = io::open(choice).map_err(EngineError::Backend)?;
             backend_kind = super::io::Backend::kind(&backend);
             backend_note = backend_note.or(note);
-            let (shard_end, control_end) =
-                bridge::link(i as u16, BRIDGE_CAPACITY).map_err(EngineError::Setup)?;
+            let (shard_end, control_end) = bridge::link(i as u16, bridge_capacity(spec.max_calls))
+                .map_err(EngineError::Setup)?;
             let spec = ShardSpec {
                 index: i as u16,
                 ..spec.clone()
@@ -396,5 +405,19 @@ impl Engine {
             let _ = d.await;
         }
         stats
+    }
+}
+
+#[cfg(test)]
+mod bridge_capacity_tests {
+    use super::bridge_capacity;
+
+    #[test]
+    fn rings_scale_with_the_calls_a_shard_may_carry() {
+        assert_eq!(bridge_capacity(0), 1024);
+        assert_eq!(bridge_capacity(250), 1024, "16 shards, 4,000 calls");
+        assert_eq!(bridge_capacity(500), 2048);
+        assert_eq!(bridge_capacity(2000), 8192, "2 shards, 4,000 calls");
+        assert_eq!(bridge_capacity(100_000), 8192);
     }
 }
