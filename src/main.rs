@@ -493,7 +493,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             control: engine.control_stats.clone(),
             published: engine.published.clone(),
             live: Some(engine.live.clone()),
-            token: std::env::var("HEALTH_API_TOKEN").ok().filter(|t| !t.is_empty()),
+            token: cfg.health.api_token.expose().map(str::to_string),
             pii: cfg.logging.pii,
             reload: Some(reload_tx),
             ari: flow.as_ref().map(|f| voxd::ops::health::AriView {

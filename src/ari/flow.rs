@@ -266,8 +266,8 @@ struct Flow {
     int_tx: mpsc::Sender<Internal>,
     rng: SplitMix64,
     /// Apology prompts playing before a hang-up (`announce_hangup`): playback id ->
-    /// caller.
-    announcing: HashMap<String, String>,
+    /// caller, and the sender whose drop ends the prompt's safety-net timer task.
+    announcing: HashMap<String, (String, tokio::sync::oneshot::Sender<()>)>,
     /// Set by [`AriFlow::drain`].
     draining: Arc<AtomicBool>,
 }
@@ -371,7 +371,7 @@ impl Flow {
                 self.peers.command(call, ControlCmd::Dtmf { call, digit });
             }
             AriEvent::PlaybackFinished(p) => {
-                if let Some(caller) = self.announcing.remove(&p.playback.id) {
+                if let Some((caller, _timer)) = self.announcing.remove(&p.playback.id) {
                     tracing::info!(caller = %caller, "failure prompt played; hanging up");
                     self.teardown(&caller, true, "provider_failed");
                 }
@@ -528,7 +528,9 @@ impl Flow {
             }
             AgentAction::AnnounceHangup { media } => {
                 let id = format!("voxd-fail-{:016x}", self.rng.next_u64());
-                self.announcing.insert(id.clone(), caller.clone());
+                let (timer_tx, timer_rx) = tokio::sync::oneshot::channel::<()>();
+                self.announcing
+                    .insert(id.clone(), (caller.clone(), timer_tx));
                 let int_tx = self.int_tx.clone();
                 tokio::spawn(async move {
                     if let Err(e) = rest.play(&caller, &media, &id).await {
@@ -537,8 +539,14 @@ impl Flow {
                         return;
                     }
                     // Hang up even if PlaybackFinished never comes (lost events).
-                    tokio::time::sleep(ANNOUNCE_LIMIT).await;
-                    let _ = int_tx.send(Internal::PromptDone { id }).await;
+                    // When the prompt finishes or the call ends first, the flow
+                    // drops the sender and this task ends with the call.
+                    tokio::select! {
+                        _ = tokio::time::sleep(ANNOUNCE_LIMIT) => {
+                            let _ = int_tx.send(Internal::PromptDone { id }).await;
+                        }
+                        _ = timer_rx => {}
+                    }
                 });
             }
             AgentAction::Transfer { context, exten } => {
@@ -594,7 +602,7 @@ impl Flow {
                 }
             }
             Internal::PromptDone { id } => {
-                if let Some(caller) = self.announcing.remove(&id) {
+                if let Some((caller, _timer)) = self.announcing.remove(&id) {
                     self.teardown(&caller, true, "provider_failed");
                 }
             }
@@ -675,6 +683,8 @@ impl Flow {
         why: &str,
     ) -> Option<JoinHandle<()>> {
         let c = self.calls.remove(caller)?;
+        // A failure prompt still playing for this caller: its timer task ends.
+        self.announcing.retain(|_, (who, _)| who != caller);
         // Before `forget`: set-up registers its binding first and checks `gone`
         // after, so one of the two always removes it.
         c.gone.store(true, Ordering::SeqCst);

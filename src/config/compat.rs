@@ -104,6 +104,7 @@ pub const SECRET_KEYS: &[(&str, &str, &str)] = &[
     ("providers.openai_realtime", "api_key", "OPENAI_API_KEY"),
     ("providers.deepgram", "api_key", "DEEPGRAM_API_KEY"),
     ("providers.local", "auth_token", "LOCAL_AI_AUTH_TOKEN"),
+    ("health", "api_token", "HEALTH_API_TOKEN"),
 ];
 
 /// Reference-engine key names voxd reads under its own name:

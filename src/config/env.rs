@@ -3,9 +3,12 @@
 //! This module owns the two ways the environment reaches the configuration: expanding
 //! `${VAR}`, `${VAR:-default}` and `${VAR:=default}` inside string values (as the
 //! reference engine's file uses them), and the fixed list of override variables applied
-//! after the YAML ([`ENV_OVERRIDES`]), including the only source of secrets. It reads
-//! the environment only through the lookup function it is given (never
-//! `std::env` directly) and must never put a secret value into an issue message.
+//! after the YAML ([`ENV_OVERRIDES`]), including the only source of secrets: each
+//! secret variable `NAME`, or a file named by `NAME_FILE` that only its owner may
+//! read or write (mode 0600 or 0400; anything else is refused with the mode in the
+//! error). It reads the environment only through the lookup function it is given
+//! (never `std::env` directly), reads no file but those `NAME_FILE` names, and must
+//! never put a secret value into an issue message.
 
 use serde_json::{Number, Value};
 
@@ -34,7 +37,98 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ),
     ("DEEPGRAM_API_KEY", "providers.deepgram.api_key (secret)"),
     ("LOCAL_AI_AUTH_TOKEN", "providers.local.auth_token (secret)"),
+    ("HEALTH_API_TOKEN", "health.api_token (secret)"),
 ];
+
+/// The secret variables and the key each sets. Each may be given instead as a file:
+/// `NAME_FILE=/path` ([`SECRET_FILE_SUFFIX`]), mode 0600 or 0400.
+pub const SECRET_ENV: &[(&str, &str)] = &[
+    ("ASTERISK_ARI_USERNAME", "asterisk.username"),
+    ("ASTERISK_ARI_PASSWORD", "asterisk.password"),
+    ("OPENAI_API_KEY", "providers.openai_realtime.api_key"),
+    ("DEEPGRAM_API_KEY", "providers.deepgram.api_key"),
+    ("LOCAL_AI_AUTH_TOKEN", "providers.local.auth_token"),
+    ("HEALTH_API_TOKEN", "health.api_token"),
+];
+
+/// Suffix of the variable that names a secret's file: `OPENAI_API_KEY_FILE`.
+pub const SECRET_FILE_SUFFIX: &str = "_FILE";
+
+/// Largest secret file read (a key or a password, never this large).
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// The secret `name` sets (key `key`): from the variable itself, or from the file
+/// `NAME_FILE` names. Both set, or a file that is unreadable, empty, not a regular
+/// file or open to group or others, is an issue at `env NAME_FILE` (naming the file
+/// and its mode, never its content) and leaves the key unset.
+fn secret_from(
+    env: EnvLookup<'_>,
+    name: &str,
+    key: &str,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Secret> {
+    let file_var = format!("{name}{SECRET_FILE_SUFFIX}");
+    let direct = lookup(env, name);
+    let Some(path) = lookup(env, &file_var) else {
+        return direct.map(|v| Secret::new(v.trim()));
+    };
+    let path = path.trim().to_string();
+    if direct.is_some() {
+        issues.push(ConfigIssue::new(
+            format!("env {file_var}"),
+            format!("{key}: both {name} and {file_var} are set; set only one"),
+        ));
+        return None;
+    }
+    match read_secret_file(std::path::Path::new(&path)) {
+        Ok(v) => Some(Secret::new(v)),
+        Err(why) => {
+            issues.push(ConfigIssue::new(
+                format!("env {file_var}"),
+                format!("{key}: secret file `{path}` {why}"),
+            ));
+            None
+        }
+    }
+}
+
+/// Reads a secret file: a regular file of at most 64 KiB that group and others can
+/// neither read nor write; its content with surrounding whitespace trimmed. The
+/// error says what is wrong (for a mode, the mode and the fix), never the content.
+pub(crate) fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    // Open first, then check the open file: what is checked is what is read.
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "has mode {mode:04o}: group or others may read or write it; a secret file              must be 0600 or 0400 (chmod 600 {})",
+            path.display()
+        ));
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "is {} bytes; allowed at most {MAX_SECRET_FILE_BYTES}",
+            meta.len()
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot be read as UTF-8 text: {}", e.kind()))?;
+    let v = text.trim();
+    if v.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(v.to_string())
+}
 
 fn lookup(env: EnvLookup<'_>, name: &str) -> Option<String> {
     env(name).filter(|v| !v.is_empty())
@@ -43,21 +137,19 @@ fn lookup(env: EnvLookup<'_>, name: &str) -> Option<String> {
 /// Applies [`ENV_OVERRIDES`] to `cfg`. A value that does not parse is reported as an
 /// issue with path `env NAME` and leaves the key unchanged.
 pub(crate) fn apply_overrides(cfg: &mut Config, env: EnvLookup<'_>, issues: &mut Vec<ConfigIssue>) {
-    let secret = |name: &str| lookup(env, name).map(|v| Secret::new(v.trim()));
-    if let Some(s) = secret("ASTERISK_ARI_USERNAME") {
-        cfg.asterisk.username = s;
-    }
-    if let Some(s) = secret("ASTERISK_ARI_PASSWORD") {
-        cfg.asterisk.password = s;
-    }
-    if let Some(s) = secret("OPENAI_API_KEY") {
-        cfg.providers.openai_realtime.api_key = s;
-    }
-    if let Some(s) = secret("DEEPGRAM_API_KEY") {
-        cfg.providers.deepgram.api_key = s;
-    }
-    if let Some(s) = secret("LOCAL_AI_AUTH_TOKEN") {
-        cfg.providers.local.auth_token = s;
+    for (name, key) in SECRET_ENV {
+        let Some(s) = secret_from(env, name, key, issues) else {
+            continue;
+        };
+        let slot = match *name {
+            "ASTERISK_ARI_USERNAME" => &mut cfg.asterisk.username,
+            "ASTERISK_ARI_PASSWORD" => &mut cfg.asterisk.password,
+            "OPENAI_API_KEY" => &mut cfg.providers.openai_realtime.api_key,
+            "DEEPGRAM_API_KEY" => &mut cfg.providers.deepgram.api_key,
+            "LOCAL_AI_AUTH_TOKEN" => &mut cfg.providers.local.auth_token,
+            _ => &mut cfg.health.api_token,
+        };
+        *slot = s;
     }
 
     let mut host = |name: &str, slot: &mut String| {
@@ -251,6 +343,107 @@ mod tests {
             "unexpanded strings keep their type"
         );
         assert_eq!(v["f"][0], serde_json::json!(7));
+    }
+
+    fn secret_file(name: &str, mode: u32, content: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("voxd-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    fn with_env(pairs: Vec<(String, String)>) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn secrets_from_owner_only_files() {
+        let key = secret_file("openai", 0o600, "sk-from-a-file-123\n");
+        let pass = secret_file("ari", 0o400, "  ari-pass  ");
+        let token = secret_file("token", 0o600, "admin-token");
+        let env = with_env(vec![
+            ("OPENAI_API_KEY_FILE".into(), key.display().to_string()),
+            (
+                "ASTERISK_ARI_PASSWORD_FILE".into(),
+                pass.display().to_string(),
+            ),
+            ("HEALTH_API_TOKEN_FILE".into(), token.display().to_string()),
+            ("DEEPGRAM_API_KEY".into(), "dg-direct".into()),
+        ]);
+        let mut cfg = Config::default();
+        let mut issues = Vec::new();
+        apply_overrides(&mut cfg, &env, &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(
+            cfg.providers.openai_realtime.api_key.expose(),
+            Some("sk-from-a-file-123")
+        );
+        assert_eq!(cfg.asterisk.password.expose(), Some("ari-pass"));
+        assert_eq!(cfg.health.api_token.expose(), Some("admin-token"));
+        assert_eq!(cfg.providers.deepgram.api_key.expose(), Some("dg-direct"));
+    }
+
+    #[test]
+    fn secret_files_open_to_others_or_ambiguous_are_refused() {
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o606, 0o777] {
+            let p = secret_file("loose", mode, "sk-loose-secret");
+            let env = with_env(vec![(
+                "OPENAI_API_KEY_FILE".into(),
+                p.display().to_string(),
+            )]);
+            let mut cfg = Config::default();
+            let mut issues = Vec::new();
+            apply_overrides(&mut cfg, &env, &mut issues);
+            assert!(!cfg.providers.openai_realtime.api_key.is_set());
+            assert_eq!(issues.len(), 1, "{mode:o}: {issues:?}");
+            assert_eq!(issues[0].path, "env OPENAI_API_KEY_FILE");
+            let m = &issues[0].message;
+            assert!(m.contains("providers.openai_realtime.api_key"), "{m}");
+            assert!(m.contains(&format!("mode {mode:04o}")), "{m}");
+            assert!(m.contains("0600"), "{m}");
+            assert!(!m.contains("sk-loose-secret"), "{m}");
+        }
+        let ok = secret_file("both", 0o600, "x");
+        let empty = secret_file("empty", 0o600, " \n");
+        let dir = std::env::temp_dir();
+        let cases: Vec<(Vec<(String, String)>, &str)> = vec![
+            (
+                vec![
+                    ("DEEPGRAM_API_KEY".into(), "dg".into()),
+                    ("DEEPGRAM_API_KEY_FILE".into(), ok.display().to_string()),
+                ],
+                "set only one",
+            ),
+            (
+                vec![(
+                    "DEEPGRAM_API_KEY_FILE".into(),
+                    "/nonexistent/voxd-key".into(),
+                )],
+                "cannot be read",
+            ),
+            (
+                vec![("DEEPGRAM_API_KEY_FILE".into(), empty.display().to_string())],
+                "is empty",
+            ),
+            (
+                vec![("DEEPGRAM_API_KEY_FILE".into(), dir.display().to_string())],
+                "not a regular file",
+            ),
+        ];
+        for (pairs, want) in cases {
+            let env = with_env(pairs);
+            let mut cfg = Config::default();
+            let mut issues = Vec::new();
+            apply_overrides(&mut cfg, &env, &mut issues);
+            assert!(!cfg.providers.deepgram.api_key.is_set());
+            assert_eq!(issues.len(), 1, "{issues:?}");
+            assert_eq!(issues[0].path, "env DEEPGRAM_API_KEY_FILE");
+            assert!(issues[0].message.contains(want), "{:?}", issues[0]);
+        }
     }
 
     #[test]

@@ -417,6 +417,9 @@ pub struct HealthConfig {
     pub host: String,
     /// Bind port (TCP). Env: `HEALTH_BIND_PORT`.
     pub port: u16,
+    /// Token of the admin endpoints (`/sessions`, `POST /reload`). SECRET: only from
+    /// env `HEALTH_API_TOKEN` (or a 0600 file named by `HEALTH_API_TOKEN_FILE`).
+    pub api_token: Secret,
 }
 
 impl Default for HealthConfig {
@@ -424,6 +427,7 @@ impl Default for HealthConfig {
         Self {
             host: localhost(),
             port: 15000,
+            api_token: Secret::default(),
         }
     }
 }

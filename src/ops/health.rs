@@ -722,7 +722,25 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             "Calls whose set-up failed.",
             &[(&[], load(&a.stats.setup_failures))],
         );
+        e.gauge(
+            "voxd_ari_calls",
+            "Callers the ARI call flow holds now (entered Stasis, not yet torn down).",
+            &[(
+                &[],
+                load(&a.stats.callers).saturating_sub(load(&a.stats.torn_down)) as f64,
+            )],
+        );
     }
+    e.gauge(
+        "voxd_tokio_alive_tasks",
+        "Tasks alive on the control runtime (provider sessions, ARI, HTTP connections).",
+        &[(
+            &[],
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as f64,
+        )],
+    );
     if let Ok(p) = ProcSample::read_self() {
         e.counter_f64(
             "process_cpu_seconds_total",
