@@ -18,7 +18,8 @@
 #   4. everything is stopped, ports are waited free, and the step's figures go to
 #      $OUT_DIR/<engine>/<calls>/result.json.
 # An engine's ramp stops EXTRA (default 1) steps after its first failing step (SLO
-# missed, calls that never reached media or heard no agent audio). At the end
+# missed, calls that never reached media or heard no agent audio; STOP=hard: only the
+# latter). At the end
 # ramp_report.py writes $OUT_DIR/table.md (per-step table + summary) and prints it.
 #
 # Both engines get the same job: AudioSocket slin (8 kHz) legs, OpenAI Realtime with
@@ -30,6 +31,10 @@
 #   WINDOW=30 RATE=4      measured window (s) and calls started per second
 #   ENGINES="ava voxd"    which engines, in this order
 #   EXTRA=1               steps run after an engine's first failing step
+#   STOP=slo|hard         what ends an engine's ramp (after EXTRA more steps): slo = the
+#                         first step that misses the SLO; hard = the first step where calls
+#                         never reached media or never heard the agent (timing misses go on:
+#                         use it on a noisy shared machine to find the knee)
 #   OUT_DIR               logs and results (default: a new /tmp/voxd-ramp-compare.XXXXXX)
 #   VOXD                  voxd binary (default <repo>/target/release/voxd)
 #   AVA_VENV              venv from setup_reference.sh (default ~/.cache/voxd-compare/ava-venv)
@@ -64,6 +69,8 @@ else
   PY="$(command -v python3)" || die "python3 not found"
 fi
 WINDOW="${WINDOW:-30}"; RATE="${RATE:-4}"; EXTRA="${EXTRA:-1}"; SPLIT_MS="${SPLIT_MS:-250}"
+STOP="${STOP:-slo}"
+case "$STOP" in slo|hard) ;; *) die "STOP must be slo or hard, got '$STOP'" ;; esac
 EMU_PORT="${EMU_PORT:-28089}"; AS_PORT="${AS_PORT:-28090}"
 HEALTH_PORT="${HEALTH_PORT:-28150}"; SIM_PORT="${SIM_PORT:-28765}"
 PCAP="${PCAP:-auto}"
@@ -80,7 +87,7 @@ say "results in $OUT"
   echo "voxd: $VOXD ($("$VOXD" --version 2>/dev/null || true)) repo $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "ava: $AVA $(git -C "$AVA" rev-parse HEAD 2>/dev/null || echo '(not a git checkout)')"
   echo "cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), $(nproc) cpus; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "steps: ${STEPS[*]}; engines: $ENGINES; window $WINDOW s; rate $RATE/s; extra $EXTRA; pcap $PCAP"
+  echo "steps: ${STEPS[*]}; engines: $ENGINES; window $WINDOW s; rate $RATE/s; stop $STOP + $EXTRA; pcap $PCAP"
 } > "$OUT/run.txt"
 
 # ----------------------------------------------------------------- process hygiene
@@ -249,7 +256,10 @@ EOF
   verdict=$(PYTHONPATH="$HERE" "$PY" -c 'import json,sys,ramp_report as r; ok,why=r.verdict(json.load(open(sys.argv[1]))); print(("pass" if ok else "FAIL " + why))' "$d/result.json")
   say "$eng $n calls: $verdict"
   echo "$eng $n: $verdict" >> "$OUT/run.txt"
-  [[ "$verdict" == pass ]]
+  [[ "$verdict" == pass ]] && return 0
+  # Hard failure: calls that never reached media or never heard the agent, or no report.
+  [[ "$verdict" == *"never reached media"* || "$verdict" == *"without agent audio"* || "$verdict" == *"no report"* ]] && return 2
+  return 1
 }
 
 for eng in $ENGINES; do
@@ -259,7 +269,8 @@ for eng in $ENGINES; do
     if [ -n "$first_fail" ]; then
       after=$((after + 1)); [ "$after" -le "$EXTRA" ] || break
     fi
-    run_step "$eng" "$n" || first_fail="${first_fail:-$n}"
+    rc=0; run_step "$eng" "$n" || rc=$?
+    if [ "$rc" -eq 2 ] || { [ "$rc" -eq 1 ] && [ "$STOP" = slo ]; }; then first_fail="${first_fail:-$n}"; fi
   done
 done
 

@@ -384,8 +384,21 @@ def cmd_table(args):
         return f"{c}" + (" (largest step run)" if c == top[e] else "")
     print(f"| capacity (last passing step) | {capstr(ca, 'ava')} | {capstr(cv, 'voxd')} | "
           f"{ratio(ca, cv) if ca and cv else '-'}{' (at least)' if cv == top.get('voxd') else ''} |")
+    def best(eng):
+        ok = [s for s in sorted(by.get(eng, {})) if verdict(by[eng][s])[0]]
+        return ok[-1] if ok else None
+    ba, bv = best("ava"), best("voxd")
+    print(f"| largest passing step (any) | {ba or '-'} | {bv or '-'} | {ratio(ba, bv) if ba and bv else '-'} |")
+    def cpu_at(eng, s):
+        r = by.get(eng, {}).get(s)
+        return (r and r.get("loadgen") and (r["loadgen"].get("process") or {}).get("cpu_us_per_call_second")) or None
+    for s in common:
+        if s == cs:
+            continue
+        a, v = cpu_at("ava", s), cpu_at("voxd", s)
+        print(f"| engine CPU per call-second at {s} calls, us | {fmt_int(a)} | {fmt_int(v)} | {ratio(a, v)} |")
     a, v = fig("ava", "cpu"), fig("voxd", "cpu")
-    print(f"| engine CPU per call-second, us | {fmt_int(a)} | {fmt_int(v)} | {ratio(a, v)} |")
+    print(f"| **engine CPU per call-second at {cs} calls, us** | {fmt_int(a)} | {fmt_int(v)} | {ratio(a, v)} |")
     print(f"| calls per core at that cost (1e6 / us) | {fmt_int(1e6 / a) if a else '-'} | {fmt_int(1e6 / v) if v else '-'} | {ratio(v, a) if a and v else '-'} |")
     a, v = fig("ava", "p99"), fig("voxd", "p99")
     print(f"| p99 deviation while speaking, ms | {fmt_ms(a)} | {fmt_ms(v)} | {ratio(a, v)} |")
