@@ -40,7 +40,9 @@
 #   AVA_VENV              venv from setup_reference.sh (default ~/.cache/voxd-compare/ava-venv)
 #   PCAP=auto|0|1         capture the engine's audio with tcpdump (auto: if installed)
 #   SPLIT_MS=250          capture intervals longer than this are pauses between utterances
-#   EMU_PORT AS_PORT HEALTH_PORT SIM_PORT   ports (28089 28090 28150 28765)
+#   AVA_LOG_LEVEL=info    AVA's LOG_LEVEL (its default; voxd stays at its default, info)
+#   EMU_PORT AS_PORT HEALTH_PORT SIM_PORT RTP_PORT   ports (28089 28090 28150 28765 28100;
+#                         RTP_PORT is voxd's unused external_media port)
 # The load generator and the engines run at normal priority; nothing else is pinned.
 set -euo pipefail
 
@@ -72,7 +74,8 @@ WINDOW="${WINDOW:-30}"; RATE="${RATE:-4}"; EXTRA="${EXTRA:-1}"; SPLIT_MS="${SPLI
 STOP="${STOP:-slo}"
 case "$STOP" in slo|hard) ;; *) die "STOP must be slo or hard, got '$STOP'" ;; esac
 EMU_PORT="${EMU_PORT:-28089}"; AS_PORT="${AS_PORT:-28090}"
-HEALTH_PORT="${HEALTH_PORT:-28150}"; SIM_PORT="${SIM_PORT:-28765}"
+HEALTH_PORT="${HEALTH_PORT:-28150}"; SIM_PORT="${SIM_PORT:-28765}"; RTP_PORT="${RTP_PORT:-28100}"
+AVA_LOG_LEVEL="${AVA_LOG_LEVEL:-info}"
 PCAP="${PCAP:-auto}"
 if [ "$PCAP" = auto ]; then command -v tcpdump >/dev/null && PCAP=1 || PCAP=0; fi
 [ "$PCAP" = 0 ] || command -v tcpdump >/dev/null || die "PCAP=1 but tcpdump is not installed"
@@ -87,8 +90,8 @@ say "results in $OUT"
   echo "voxd: $VOXD ($("$VOXD" --version 2>/dev/null || true)) repo $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "ava: $AVA $(git -C "$AVA" rev-parse HEAD 2>/dev/null || echo '(not a git checkout)')"
   echo "cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), $(nproc) cpus; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "steps: ${STEPS[*]}; engines: $ENGINES; window $WINDOW s; rate $RATE/s; stop $STOP + $EXTRA; pcap $PCAP"
-} > "$OUT/run.txt"
+  echo "steps: ${STEPS[*]}; engines: $ENGINES; window $WINDOW s; rate $RATE/s; stop $STOP + $EXTRA; pcap $PCAP; AVA LOG_LEVEL $AVA_LOG_LEVEL"
+} >> "$OUT/run.txt"
 
 # ----------------------------------------------------------------- process hygiene
 PIDS=()
@@ -124,8 +127,8 @@ EOF
 }
 wait_ports_free() {
   local i
-  for i in $(seq 1 30); do ports_free "$EMU_PORT" "$AS_PORT" "$HEALTH_PORT" "$SIM_PORT" && return 0; sleep 1; done
-  die "ports $EMU_PORT/$AS_PORT/$HEALTH_PORT/$SIM_PORT still in use after 30 s"
+  for i in $(seq 1 30); do ports_free "$EMU_PORT" "$AS_PORT" "$HEALTH_PORT" "$SIM_PORT" "$RTP_PORT" && return 0; sleep 1; done
+  die "ports $EMU_PORT/$AS_PORT/$HEALTH_PORT/$SIM_PORT/$RTP_PORT still in use after 30 s"
 }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -163,6 +166,7 @@ write_voxd_config() {
 asterisk: {enabled: true, host: 127.0.0.1, port: $EMU_PORT, app_name: asterisk-ai-voice-agent}
 audio_transport: audiosocket
 audiosocket: {host: 127.0.0.1, port: $AS_PORT, format: slin}
+external_media: {rtp_host: 127.0.0.1, rtp_port: $RTP_PORT}   # unused; off voxd's default 18080
 health: {host: 127.0.0.1, port: $HEALTH_PORT}
 limits: {max_calls: 4000}
 default_provider: openai_realtime
@@ -195,7 +199,8 @@ start_engine() {  # start_engine ENGINE STEPDIR
              HEALTH_BIND_HOST=127.0.0.1 HEALTH_BIND_PORT="$HEALTH_PORT" \
              AGENTS_DB_PATH="$d/data/agents.db" CALL_HISTORY_DB_PATH="$d/data/call_history.db" \
              VICIDIAL_DB_PATH="$d/data/vicidial.db" \
-             LOCAL_WS_URL="ws://127.0.0.1:1" LOCAL_WS_AUTH_TOKEN=voxd-sim-key PYTHONUNBUFFERED=1
+             LOCAL_WS_URL="ws://127.0.0.1:1" LOCAL_WS_AUTH_TOKEN=voxd-sim-key PYTHONUNBUFFERED=1 \
+             LOG_LEVEL="$AVA_LOG_LEVEL"
       exec "$PY" main.py
     else
       exec "$VOXD" serve --config "$d/voxd.yaml"
@@ -244,7 +249,7 @@ run_step() {  # run_step ENGINE CALLS -> 0 pass, 1 fail
   if [ "$eng" = ava ]; then rm -rf "$d/ava"; fi
 
   cat > "$d/meta.json" <<EOF
-{"engine": "$eng", "calls": $n, "window": $WINDOW, "rate": $RATE, "rss_idle_kib": ${rss_idle:-null}, "load_after": "$(cut -d' ' -f1-3 /proc/loadavg)"}
+{"engine": "$eng", "calls": $n, "window": $WINDOW, "rate": $RATE, "rss_idle_kib": ${rss_idle:-null}, "load_after": "$(cut -d' ' -f1-3 /proc/loadavg)", "ava_log_level": "$AVA_LOG_LEVEL"}
 EOF
   if [ -s "$d/engine_audio.pcap" ]; then
     "$PY" "$HERE/ramp_report.py" pcap "$d/engine_audio.pcap" --port "$AS_PORT" --ari-port "$EMU_PORT" --rate 8000 \

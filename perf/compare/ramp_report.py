@@ -274,6 +274,21 @@ def verdict(r):
     return (not reasons), ", ".join(reasons)
 
 
+def load1(r):
+    return (r["meta"].get("load_after") or "-").split(" ")[0]
+
+
+def broken(r):
+    """The engine broke down: a call never reached media or never heard the agent, or
+    frames stalled by a whole frame or more while the agent spoke (p99 >= 20 ms)."""
+    ok, why = verdict(r)
+    if "never reached" in why or "without agent audio" in why or "no report" in why:
+        return True
+    pc = r.get("pcap")
+    d = pc["speech"] if pc and pc["speech"]["count"] else r["loadgen"]["inter_arrival_dev_us"]
+    return d["p99"] is None or d["p99"] >= 20_000
+
+
 def cmd_table(args):
     out = args[0]
     rows = []
@@ -298,15 +313,15 @@ def cmd_table(args):
           f"measures it.\n")
     print("| engine | calls | dev p50 / p99 / p99.9 ms (speech) | dev p99 / p99.9 ms (loadgen) | pauses | gaps | "
           "first audio p50 / p99 ms (leg) | answer->first audio p50 / p99 ms | turn-think p50 ms | engine CPU us/call-s | engine cores | RSS KiB/call | "
-          "reached media / placed | no agent audio | failed | loadgen late ticks | SLO |")
-    print("|" + "---|" * 17)
+          "reached media / placed | no agent audio | failed | loadgen late ticks | load avg 1 min | SLO |")
+    print("|" + "---|" * 18)
     for eng, s, r in rows:
         lg = r.get("loadgen")
         pc = r.get("pcap")
         ok, why = verdict(r)
         if not lg:
             print(f"| {eng} | {s} | - | - | - | - | - | - | - | - | - | - | - / {fmt_int(r.get('callers_placed'))} | - | - | - | "
-                  f"FAIL ({why}) |")
+                  f"{load1(r)} | FAIL ({why}) |")
             continue
         sp = pc["speech"] if pc else None
         d = lg["inter_arrival_dev_us"]
@@ -331,7 +346,7 @@ def cmd_table(args):
               f"{pc['pauses'] if pc else '-'} | {lg['gaps']} | {fmt_ms(fa['p50'], 0)} / {fmt_ms(fa['p99'], 0)} | {a2a} | "
               f"{fmt_ms(tt['p50'], 0)} | {fmt_int(cpu)} | {'-' if cores is None else f'{cores:.2f}'} | "
               f"{fmt_int(rss_call)} | {reached_s} | {lg['counts']['calls_without_agent_audio']} | {failed} | "
-              f"{lg['counts']['caller_late_ticks']} | {'pass' if ok else 'FAIL (' + why + ')'} |")
+              f"{lg['counts']['caller_late_ticks']} | {load1(r)} | {'pass' if ok else 'FAIL (' + why + ')'} |")
 
     # Summary.
     print()
@@ -351,7 +366,8 @@ def cmd_table(args):
     # The common step for per-call figures: the largest step both engines passed,
     # else the largest both completed.
     passing = [s for s in common if verdict(by["ava"][s])[0] and verdict(by["voxd"][s])[0]]
-    cs = (passing or common or [None])[-1]
+    healthy = [s for s in common if not broken(by["ava"][s]) and not broken(by["voxd"][s])]
+    cs = (passing or healthy or common or [None])[-1]
     def fig(eng, key):
         r = by.get(eng, {}).get(cs)
         if not r or not r.get("loadgen"):
@@ -375,7 +391,8 @@ def cmd_table(args):
         return f"{(v / a):.3g}x"
     ca, cv = cap("ava"), cap("voxd")
     top = {e: max(by[e]) if by.get(e) else None for e in ("ava", "voxd")}
-    print(f"Summary (per-call figures at the common step: {cs} calls)\n")
+    print(f"Summary (per-call figures at the common step: {cs} calls, the largest both engines "
+          f"{'passed' if passing else 'ran without breakdown' if healthy else 'completed'})\n")
     print("| metric | AVA | voxd | voxd / AVA |")
     print("|---|---|---|---|")
     def capstr(c, e):
@@ -388,6 +405,16 @@ def cmd_table(args):
         ok = [s for s in sorted(by.get(eng, {})) if verdict(by[eng][s])[0]]
         return ok[-1] if ok else None
     ba, bv = best("ava"), best("voxd")
+    def working(eng):
+        last = None
+        for s in sorted(by.get(eng, {})):
+            if broken(by[eng][s]):
+                break
+            last = s
+        return last
+    wa, wv = working("ava"), working("voxd")
+    print(f"| working capacity: last step before breakdown (a call without media or agent audio, or p99 >= 20 ms while speaking) | "
+          f"{wa or '-'} | {wv or '-'} | {ratio(wa, wv) if wa and wv else '-'} |")
     print(f"| largest passing step (any) | {ba or '-'} | {bv or '-'} | {ratio(ba, bv) if ba and bv else '-'} |")
     def cpu_at(eng, s):
         r = by.get(eng, {}).get(s)
@@ -396,7 +423,8 @@ def cmd_table(args):
         if s == cs:
             continue
         a, v = cpu_at("ava", s), cpu_at("voxd", s)
-        print(f"| engine CPU per call-second at {s} calls, us | {fmt_int(a)} | {fmt_int(v)} | {ratio(a, v)} |")
+        mark = lambda e, x: fmt_int(x) + (" (broke down)" if broken(by[e][s]) else "")
+        print(f"| engine CPU per call-second at {s} calls, us | {mark('ava', a)} | {mark('voxd', v)} | {ratio(a, v)} |")
     a, v = fig("ava", "cpu"), fig("voxd", "cpu")
     print(f"| **engine CPU per call-second at {cs} calls, us** | {fmt_int(a)} | {fmt_int(v)} | {ratio(a, v)} |")
     print(f"| calls per core at that cost (1e6 / us) | {fmt_int(1e6 / a) if a else '-'} | {fmt_int(1e6 / v) if v else '-'} | {ratio(v, a) if a and v else '-'} |")
