@@ -688,13 +688,46 @@ async fn wait_for_shutdown() {
 /// Changes the log level of the running process (reload).
 type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
-/// Logging from `logging.level` / `logging.format` (`VOXD_LOG` overrides the
-/// level); returns how to change the level later, unless `VOXD_LOG` pins it.
+/// Crates that write whole requests and WebSocket messages in their debug and
+/// trace lines (tungstenite: the handshake with its `Authorization` header, every
+/// ARI event with the caller's number, every provider message): only their
+/// `info` and more severe lines are written, whatever the filter says (`VOXD_LOG`
+/// included), so no log level shows a secret.
+const PAYLOAD_LOGGING_CRATES: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
+
+/// Whether a line may be written at all: not a debug or trace line of one of
+/// [`PAYLOAD_LOGGING_CRATES`].
+fn not_a_payload_dump(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    *meta.level() <= tracing::Level::INFO
+        || !PAYLOAD_LOGGING_CRATES.iter().any(|k| {
+            target
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
+/// The filter for `logging.level`: voxd's own lines at that level, other crates'
+/// at `info` at most (their verbose lines are for debugging them, and some carry
+/// request headers and bodies).
+fn level_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    match level {
+        "trace" | "debug" => tracing_subscriber::EnvFilter::new(format!("info,voxd={level}")),
+        other => tracing_subscriber::EnvFilter::new(other),
+    }
+}
+
+/// Logging from `logging.level` / `logging.format` (`VOXD_LOG`, a full filter
+/// such as `debug,hyper=trace`, overrides the level); returns how to change the
+/// level later, unless `VOXD_LOG` pins it.
 fn init_logging(cfg: &voxd::config::Config) -> Option<SetLogLevel> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::EnvFilter;
     let pinned = std::env::var_os("VOXD_LOG").is_some();
     let filter = EnvFilter::try_from_env("VOXD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(cfg.logging.level.as_str()));
+        .unwrap_or_else(|_| level_filter(cfg.logging.level.as_str()));
+    let guard = tracing_subscriber::filter::filter_fn(not_a_payload_dump);
     let base = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -702,18 +735,18 @@ fn init_logging(cfg: &voxd::config::Config) -> Option<SetLogLevel> {
         voxd::config::LogFormat::Json => {
             let b = base.json().with_filter_reloading();
             let h = b.reload_handle();
-            if b.try_init().is_err() {
+            if b.finish().with(guard).try_init().is_err() {
                 return None;
             }
-            Box::new(move |level: &str| h.reload(EnvFilter::new(level)).map_err(|e| e.to_string()))
+            Box::new(move |level: &str| h.reload(level_filter(level)).map_err(|e| e.to_string()))
         }
         _ => {
             let b = base.with_filter_reloading();
             let h = b.reload_handle();
-            if b.try_init().is_err() {
+            if b.finish().with(guard).try_init().is_err() {
                 return None;
             }
-            Box::new(move |level: &str| h.reload(EnvFilter::new(level)).map_err(|e| e.to_string()))
+            Box::new(move |level: &str| h.reload(level_filter(level)).map_err(|e| e.to_string()))
         }
     };
     if pinned {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::events::{AriEvent, Channel};
+use super::events::{AriEvent, CallerId, Channel};
 use super::rest::{AriRest, ExternalMedia, HangupReason};
 use super::ws::{EventsClient, EventsOptions};
 use super::AriError;
@@ -77,6 +77,8 @@ struct FlowConfig {
     rtp_target: String,
     rtp_format: &'static str,
     transfer_context: Option<String>,
+    /// `logging.pii`: log the caller's number and name in the clear.
+    pii: bool,
 }
 
 impl FlowConfig {
@@ -103,6 +105,7 @@ impl FlowConfig {
                 RtpCodec::Alaw => "alaw",
             },
             transfer_context: cfg.asterisk.transfer_context.clone(),
+            pii: cfg.logging.pii,
         }
     }
 }
@@ -212,6 +215,23 @@ fn seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// A caller id (name and number) in a log line: shown only with
+/// `logging.pii: true`, `[redacted]` otherwise.
+struct CallerIdShown<'a>(&'a CallerId, bool);
+
+impl std::fmt::Display for CallerIdShown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let CallerIdShown(id, pii) = self;
+        match (pii, id.name.is_empty(), id.number.is_empty()) {
+            (false, _, _) => f.write_str("[redacted]"),
+            (true, true, true) => f.write_str("unknown"),
+            (true, true, false) => f.write_str(&id.number),
+            (true, false, true) => write!(f, "\"{}\"", id.name),
+            (true, false, false) => write!(f, "\"{}\" <{}>", id.name, id.number),
+        }
+    }
 }
 
 /// One caller's ARI state.
@@ -414,7 +434,11 @@ impl Flow {
                 gone: gone.clone(),
             },
         );
-        tracing::info!(caller = %caller, "caller entered Stasis");
+        tracing::info!(
+            caller = %caller,
+            from = %CallerIdShown(&ch.caller, self.cfg.pii),
+            "caller entered Stasis"
+        );
         let rest = self.rest.clone();
         let cfg = self.cfg.clone();
         let bindings = self.bindings.clone();
@@ -835,6 +859,33 @@ fn bind_rtp(bindings: &Bindings, peers: &Peers, remote: SocketAddr, binding: Bin
                 key: MediaKey::Rtp(remote),
                 binding,
             },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_id_is_shown_only_with_pii() {
+        let id = CallerId {
+            name: "Ann Lee".into(),
+            number: "+15551230000".into(),
+        };
+        assert_eq!(CallerIdShown(&id, false).to_string(), "[redacted]");
+        assert_eq!(
+            CallerIdShown(&id, true).to_string(),
+            "\"Ann Lee\" <+15551230000>"
+        );
+        let number_only = CallerId {
+            name: String::new(),
+            number: "100".into(),
+        };
+        assert_eq!(CallerIdShown(&number_only, true).to_string(), "100");
+        assert_eq!(
+            CallerIdShown(&CallerId::default(), true).to_string(),
+            "unknown"
         );
     }
 }
