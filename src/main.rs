@@ -495,6 +495,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             live: Some(engine.live.clone()),
             token: cfg.health.api_token.expose().map(str::to_string),
             pii: cfg.logging.pii,
+            audit: engine.audit.clone(),
             reload: Some(reload_tx),
             ari: flow.as_ref().map(|f| voxd::ops::health::AriView {
                 connected: f.connected.clone(),

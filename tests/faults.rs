@@ -3,7 +3,8 @@
 //! the faults production sees: the ARI WebSocket dropped (with and without a close
 //! frame) and Asterisk "restarting" (every channel and bridge forgotten), providers
 //! that close, stall, send garbage or errors mid-response, and voxd itself SIGKILLed
-//! under load and started again on the same ports.
+//! under load and started again on the same ports, and an audit log on a full disk
+//! (`/dev/full`: every write fails with ENOSPC).
 //!
 //! Each case ends by checking that nothing leaked, from outside the process:
 //! `/metrics` (active calls, ARI calls, AudioSocket connections, shard calls, tokio
@@ -419,6 +420,11 @@ fn emu_cfg() -> EmuConfig {
 }
 
 fn voxd_yaml(as_port: u16, health: u16, ari: u16, extra: &str) -> String {
+    voxd_yaml_logging(as_port, health, ari, "{level: info}", extra)
+}
+
+/// [`voxd_yaml`] with its own `logging` block.
+fn voxd_yaml_logging(as_port: u16, health: u16, ari: u16, logging: &str, extra: &str) -> String {
     format!(
         "audio_transport: audiosocket\n\
          audiosocket: {{host: 127.0.0.1, port: {as_port}, format: slin16}}\n\
@@ -427,7 +433,7 @@ fn voxd_yaml(as_port: u16, health: u16, ari: u16, extra: &str) -> String {
          asterisk: {{enabled: true, host: 127.0.0.1, port: {ari}}}\n\
          engine: {{shards: 1}}\n\
          barge_in: {{enabled: false}}\n\
-         logging: {{level: info}}\n{extra}",
+         logging: {logging}\n{extra}",
         free_port()
     )
 }
@@ -804,4 +810,122 @@ async fn sigkill_under_load_then_a_restart_is_ready_and_takes_calls() {
     );
     let log = v.log_text();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The audit log on a full disk (`/dev/full`: every write fails with ENOSPC):
+/// voxd keeps answering calls, says so in one warning (at most one a minute),
+/// counts every lost record, stays ready, leaks nothing and drains on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_on_a_full_disk_voxd_keeps_serving() {
+    let dir = temp_dir("audit-full");
+    let emu = AriEmulator::start(emu_cfg()).await.expect("emulator");
+    let ports = Ports {
+        audiosocket: free_port(),
+        health: free_port(),
+        ari: emu.addr().port(),
+        provider: 0,
+    };
+    let yaml = voxd_yaml_logging(
+        ports.audiosocket,
+        ports.health,
+        ports.ari,
+        "{level: info, audit_path: /dev/full}",
+        "default_provider: echo\n",
+    );
+    let started = Instant::now();
+    let mut v = Voxd::spawn(&dir, "voxd", &yaml, ports.health, &ARI_ENV);
+    wait_ready(&v).await;
+    assert!(
+        emu.wait_app_registered("asterisk-ai-voice-agent", LIMIT)
+            .await
+    );
+    let ids = calls_up(&emu, 1).await;
+    emu.hangup_caller(&ids[0]).unwrap();
+    until_emu("warm-up call gone", || emu.counters().live_channels == 0).await;
+    let base = baseline(&v, &ports).await;
+
+    // Three waves of three calls, each heard the agent, each writing two records
+    // that are lost.
+    let mut calls = 1;
+    for wave in 1..=3 {
+        let ids = calls_up(&emu, 3).await;
+        calls += ids.len();
+        let (code, body) = get(&format!("{}/ready", v.base()), false)
+            .await
+            .expect("/ready answers");
+        assert_eq!(
+            code, 200,
+            "wave {wave}: /ready with a failing audit log: {body}"
+        );
+        for id in &ids {
+            emu.hangup_caller(id).unwrap();
+        }
+        assert_nothing_leaked(
+            &format!("audit on a full disk, wave {wave}"),
+            &v,
+            &ports,
+            Some(&emu),
+            &base,
+        )
+        .await;
+    }
+    let lost = (2 * calls) as f64;
+    until("every lost audit record counted", || async {
+        let m = metrics(&v).await;
+        let failed = metric(&m, "voxd_audit_write_errors_total");
+        if failed == lost {
+            Ok(())
+        } else {
+            Err(format!("{failed} of {lost}"))
+        }
+    })
+    .await;
+    let m = metrics(&v).await;
+    assert_eq!(metric(&m, "voxd_audit_records_written_total"), 0.0);
+    assert_eq!(metric(&m, "voxd_audit_records_dropped_total"), 0.0);
+    assert_eq!(metric(&m, "voxd_ready"), 1.0);
+    assert!(metric(&m, "ai_agent_calls_total") >= calls as f64, "{m:?}");
+
+    // One clear warning, not one per record (at most one a minute).
+    let log = v.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("audit log write failed"))
+        .collect();
+    let allowed = 1 + (started.elapsed().as_secs() / 60) as usize;
+    assert!(
+        !warnings.is_empty() && warnings.len() <= allowed,
+        "{} warnings for {lost} lost records (at most {allowed}): {warnings:#?}",
+        warnings.len()
+    );
+    assert!(warnings[0].contains("/dev/full"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("No space left on device"),
+        "{}",
+        warnings[0]
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The failing audit log does not hold up the drain.
+    let pid = v.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = v.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < LIMIT, "voxd did not exit on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(status.success(), "{status:?}: {}", v.log_text());
+    let report = emu.stop().await;
+    assert!(report.leaked_channels.is_empty(), "{report:?}");
+    eprintln!(
+        "audit on a full disk: {calls} calls served, {lost} records lost and counted, {} warning(s)",
+        warnings.len()
+    );
 }

@@ -112,6 +112,8 @@ pub struct Engine {
     pub published: Arc<super::published::Published>,
     /// Providers and failure policy for new calls (a reload swaps them).
     pub live: control::LiveHandle,
+    /// The audit log's counters, when `logging.audit_path` is set.
+    pub audit: Option<Arc<crate::ops::audit::AuditStats>>,
 }
 
 fn resolve(what: &'static str, host: &str, port: u16) -> Result<SocketAddr, EngineError> {
@@ -367,6 +369,7 @@ impl Engine {
             lifecycle,
             published,
             live,
+            audit: audit.map(|a| a.stats),
         })
     }
 

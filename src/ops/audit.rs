@@ -17,7 +17,12 @@ use std::time::{Duration, Instant};
 /// Records waiting for the writer, at most.
 pub const QUEUE: usize = 4096;
 
-/// Counters of the audit log.
+/// A failing audit log is reported at most this often (the failures are counted
+/// in `voxd_audit_write_errors_total` all along).
+pub const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Counters of the audit log, exported as `voxd_audit_records_written_total`,
+/// `voxd_audit_records_dropped_total` and `voxd_audit_write_errors_total`.
 #[derive(Debug, Default)]
 pub struct AuditStats {
     /// Lines written.
@@ -55,14 +60,22 @@ impl AuditLog {
             .spawn(move || {
                 let mut file = file;
                 let mut last_warn: Option<Instant> = None;
+                // Records lost since the last successful write.
+                let mut lost: u64 = 0;
                 for line in rx {
                     match file.write_all(line.as_bytes()) {
                         Ok(()) => {
                             st.written.fetch_add(1, Ordering::Relaxed);
+                            if lost > 0 {
+                                tracing::info!(path = %shown, lost, "audit log writes work again");
+                                lost = 0;
+                                last_warn = None;
+                            }
                         }
                         Err(e) => {
                             st.failed.fetch_add(1, Ordering::Relaxed);
-                            if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                            lost += 1;
+                            if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
                                 last_warn = Some(Instant::now());
                                 tracing::warn!(path = %shown, error = %e, "audit log write failed; calls go on, records are lost until it works again");
                             }

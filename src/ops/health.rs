@@ -81,6 +81,8 @@ pub struct HealthInputs {
     pub token: Option<String>,
     /// `logging.pii`: show peer addresses in `/sessions`.
     pub pii: bool,
+    /// The audit log's counters, when `logging.audit_path` is set.
+    pub audit: Option<Arc<crate::ops::audit::AuditStats>>,
     /// Where `POST /reload` sends its request (the process's reload loop answers
     /// with the outcome); `None`: reload not offered.
     pub reload: Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<serde_json::Value>>>,
@@ -729,6 +731,23 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
                 &[],
                 load(&a.stats.callers).saturating_sub(load(&a.stats.torn_down)) as f64,
             )],
+        );
+    }
+    if let Some(a) = &i.audit {
+        e.counter(
+            "voxd_audit_records_written_total",
+            "Records written to the audit log (logging.audit_path).",
+            &[(&[], load(&a.written))],
+        );
+        e.counter(
+            "voxd_audit_records_dropped_total",
+            "Audit records dropped because the audit writer's queue was full.",
+            &[(&[], load(&a.dropped))],
+        );
+        e.counter(
+            "voxd_audit_write_errors_total",
+            "Audit records lost because the write failed (disk full, file gone).",
+            &[(&[], load(&a.failed))],
         );
     }
     e.gauge(
