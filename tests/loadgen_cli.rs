@@ -450,7 +450,7 @@ fn ramp_stops_at_the_first_step_that_breaks_the_slo() {
     let dir = temp_dir("ramp-break");
     let (cfg, _) = sim_config(&dir, "voxd");
     let json = dir.join("ramp.json");
-    let out = ramp_cmd(&cfg, "3:3:12")
+    let out = ramp_cmd(&cfg, "3,6,12")
         .args(["--slo-p99-ms", "0", "--ramp-continue", "1"])
         .arg("--json")
         .arg(&json)

@@ -791,11 +791,12 @@ impl TreeSampler {
             .name("loadgen-ramp-sampler".into())
             .spawn(move || {
                 let t0 = Instant::now();
-                let wait_until = |t: Instant| match rx
-                    .recv_timeout(t.saturating_duration_since(Instant::now()))
-                {
-                    Err(mpsc::RecvTimeoutError::Timeout) => true,
-                    _ => false,
+                // True when the time came (no stop: the run is still going).
+                let wait_until = |t: Instant| {
+                    matches!(
+                        rx.recv_timeout(t.saturating_duration_since(Instant::now())),
+                        Err(mpsc::RecvTimeoutError::Timeout)
+                    )
                 };
                 if !wait_until(t0 + ramp) {
                     return None;
