@@ -14,7 +14,8 @@
 #
 # Environment:
 #   BASELINE=last      the baseline's name (target/criterion/*/NAME/).
-#   QUICK=1            short runs (0.5 s warm-up, 1 s measurement, 20 samples): for
+#   QUICK=1            short runs (0.5 s warm-up, 1 s measurement, 20 samples,
+#                      5,000 bootstrap resamples; about 2 minutes for all): for
 #                      a quick look; the full run (criterion's defaults) for records.
 #   THRESHOLD=10       a change of the mean above this many percent is marked
 #                      REGRESSION (slower) or faster.
@@ -31,7 +32,7 @@ MODE="${1:-compare}"
 case "$MODE" in
   compare | save | show) shift || true ;;
   -h | --help)
-    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *) MODE=compare ;;
@@ -59,7 +60,7 @@ have_baseline() {
 
 CRIT_ARGS=(--noplot)
 if [ "${QUICK:-0}" = 1 ]; then
-  CRIT_ARGS+=(--warm-up-time 0.5 --measurement-time 1 --sample-size 20)
+  CRIT_ARGS+=(--warm-up-time 0.5 --measurement-time 1 --sample-size 20 --nresamples 5000)
 fi
 
 STAMP="$TARGET_DIR/.bench-run-started"
