@@ -154,9 +154,57 @@ struct LoadgenArgs {
     /// With --provider: the simulator's worker threads.
     #[arg(long, default_value_t = 1)]
     sim_threads: usize,
-    /// Also write the report as JSON to this file.
+    /// Also write the report as JSON to this file (with --ramp: the ramp's JSON).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Capacity ramp: run START, START+STEP, ... up to MAX concurrent calls (or the
+    /// listed counts, e.g. 100,200,400), one load run of --seconds per step (after
+    /// the ramp-up at --rate calls/s), until a step breaks the timing SLO; prints a
+    /// line per step, then a table and the capacity (the last step that met the
+    /// SLO). With --spawn every step gets a fresh voxd; a voxd already running gets
+    /// --ramp-pause seconds between steps. --calls is not used.
+    #[arg(long, value_name = "START:STEP:MAX|N1,N2,..", value_parser = parse_ramp, conflicts_with = "calls")]
+    ramp: Option<voxd::loadgen::ramp::RampSpec>,
+    /// With --ramp: steps to run after the first that breaks the SLO (shows the knee).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "ramp")]
+    ramp_continue: usize,
+    /// With --ramp against a voxd that is already running (no --spawn): seconds
+    /// between steps, for it to end the calls of the step before (RTP calls end by
+    /// external_media.idle_timeout_ms).
+    #[arg(long, value_name = "SECONDS", default_value_t = 6.0, requires = "ramp")]
+    ramp_pause: f64,
+    /// With --ramp: write report.md (tables, capacity, command line, machine),
+    /// ramp.json and ramp.png (deviation percentiles with the SLO lines, gaps, CPU
+    /// per call-second and RSS against calls) into this directory.
+    #[arg(long, value_name = "DIR", requires = "ramp")]
+    report: Option<PathBuf>,
+    /// With --ramp: also ramp another engine, started afresh for each step by
+    /// `sh -c CMD` (in its own process group, stopped with SIGTERM), dialled at
+    /// --compare-host:--compare-port with the same load; its CPU and RSS are those
+    /// of CMD's whole process tree. Steps alternate between voxd and it. The
+    /// provider simulator's VOXD_SIM_URL and key are in its environment too.
+    #[arg(long, value_name = "CMD", requires_all = ["ramp", "compare_port"])]
+    compare_cmd: Option<String>,
+    /// With --compare-cmd: the other engine's AudioSocket (TCP) or RTP (UDP) port.
+    #[arg(long, requires = "compare_cmd")]
+    compare_port: Option<u16>,
+    /// With --compare-cmd: the other engine's host. Default: --host.
+    #[arg(long, requires = "compare_cmd")]
+    compare_host: Option<String>,
+    /// With --compare-cmd: its name in the report.
+    #[arg(long, default_value = "compare")]
+    compare_name: String,
+    /// Timing SLO override: largest p99 inter-arrival deviation that passes, ms
+    /// (default 2, targets.md).
+    #[arg(long, value_name = "MS")]
+    slo_p99_ms: Option<f64>,
+    /// Timing SLO override: largest p99.9 inter-arrival deviation that passes, ms
+    /// (default 5).
+    #[arg(long, value_name = "MS")]
+    slo_p999_ms: Option<f64>,
+    /// Timing SLO override: most gaps that pass (default 0).
+    #[arg(long, value_name = "N")]
+    slo_max_gaps: Option<u64>,
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
@@ -169,6 +217,49 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Loadgen(args) => loadgen(*args),
     }
+}
+
+fn parse_ramp(s: &str) -> Result<voxd::loadgen::ramp::RampSpec, String> {
+    voxd::loadgen::ramp::RampSpec::parse(s)
+}
+
+/// The SLO limits: targets.md's, with the operator's overrides.
+fn slo_limits(a: &LoadgenArgs) -> Result<voxd::loadgen::stats::SloLimits, String> {
+    let mut l = voxd::loadgen::stats::SloLimits::default();
+    let us = |name: &str, ms: f64| {
+        if ms.is_finite() && ms >= 0.0 {
+            Ok((ms * 1_000.0).round() as u64)
+        } else {
+            Err(format!("{name} must be a number of ms, at least 0"))
+        }
+    };
+    if let Some(ms) = a.slo_p99_ms {
+        l.p99_dev_us = us("--slo-p99-ms", ms)?;
+    }
+    if let Some(ms) = a.slo_p999_ms {
+        l.p999_dev_us = us("--slo-p999-ms", ms)?;
+    }
+    if let Some(n) = a.slo_max_gaps {
+        l.max_gaps = n;
+    }
+    Ok(l)
+}
+
+/// This process's command line, shell-quoted where needed.
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn parse_rate_hz(s: &str) -> Result<u32, String> {
@@ -240,6 +331,46 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
             }
         }
     };
+    let wav = match &a.wav {
+        None => None,
+        Some(path) => match voxd::loadgen::signal::load_wav(path) {
+            Ok((samples, hz)) if hz == transport.rate().hz() => Some(samples.into()),
+            Ok((_, hz)) => {
+                return fail(format!(
+                    "{}: {hz} Hz, but this transport sends {} Hz",
+                    path.display(),
+                    transport.rate().hz()
+                ))
+            }
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        },
+    };
+    let limits = match slo_limits(&a) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    if let Some(spec) = a.ramp.clone() {
+        let port = a.port.unwrap_or(default_port);
+        let target = match std::net::ToSocketAddrs::to_socket_addrs(&(a.host.as_str(), port))
+            .ok()
+            .and_then(|mut it| it.next())
+        {
+            Some(t) => t,
+            None => return fail(format!("cannot resolve --host {}:{port}", a.host)),
+        };
+        let code = loadgen_ramp(
+            &a,
+            spec,
+            limits,
+            (transport, target, wav),
+            &child_env,
+            sim.as_ref().map(|s| s.0),
+        );
+        if let Some((kind, s)) = sim {
+            println!("{}", voxd::loadgen::provider_run::summary(kind, &s.stop()));
+        }
+        return code;
+    }
     let spawned = match &a.spawn {
         None => None,
         Some(config) => {
@@ -264,20 +395,6 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
     {
         Some(t) => t,
         None => return fail(format!("cannot resolve --host {}:{port}", a.host)),
-    };
-    let wav = match &a.wav {
-        None => None,
-        Some(path) => match voxd::loadgen::signal::load_wav(path) {
-            Ok((samples, hz)) if hz == transport.rate().hz() => Some(samples.into()),
-            Ok((_, hz)) => {
-                return fail(format!(
-                    "{}: {hz} Hz, but this transport sends {} Hz",
-                    path.display(),
-                    transport.rate().hz()
-                ))
-            }
-            Err(e) => return fail(format!("{}: {e}", path.display())),
-        },
     };
     let cfg = DriverConfig {
         transport,
@@ -328,10 +445,11 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
         let stats = s.stop();
         voxd::loadgen::provider_run::summary(kind, &stats)
     });
-    let out = match out {
+    let mut out = match out {
         Ok(o) => o,
         Err(e) => return fail(e.to_string()),
     };
+    out.report.slo_limits = limits;
     print!("{}", out.to_table());
     if let Some(line) = &sim_line {
         println!("{line}");
@@ -346,6 +464,182 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
         if let Err(e) = std::fs::write(path, out.to_json()) {
             return fail(format!("cannot write {}: {e}", path.display()));
         }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `voxd loadgen --ramp`: the steps for voxd (and the --compare-cmd engine), the
+/// table on stdout, the report directory.
+fn loadgen_ramp(
+    a: &LoadgenArgs,
+    spec: voxd::loadgen::ramp::RampSpec,
+    limits: voxd::loadgen::stats::SloLimits,
+    (transport, target, wav): (
+        voxd::loadgen::caller::Transport,
+        std::net::SocketAddr,
+        Option<std::sync::Arc<[i16]>>,
+    ),
+    child_env: &[(&str, String)],
+    sim: Option<voxd::loadgen::provider_run::SimKind>,
+) -> ExitCode {
+    use voxd::loadgen::ramp::{self, EngineSpec, EngineTarget, RampPlan, RampReport};
+    let fail = |m: String| {
+        eprintln!("error: {m}");
+        ExitCode::from(1)
+    };
+    if !(a.ramp_pause.is_finite() && a.ramp_pause >= 0.0) {
+        return fail("--ramp-pause must be a number of seconds, at least 0".into());
+    }
+    let base = voxd::loadgen::driver::DriverConfig {
+        transport,
+        target,
+        calls: spec.start,
+        rate: a.rate,
+        seconds: a.seconds,
+        hold_ms: a.hold,
+        seed: a.seed,
+        think_ms: a.think_ms,
+        threads: a.threads,
+        wav,
+        signal: voxd::loadgen::signal::SignalConfig {
+            initial_pause_ms: a.initial_pause_ms,
+            ..Default::default()
+        },
+        pid: None,
+        progress: !a.quiet,
+    };
+    let env: Vec<(String, String)> = child_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let mut engines = Vec::new();
+    let voxd_target = match &a.spawn {
+        Some(config) => match std::env::current_exe() {
+            Ok(exe) => EngineTarget::Spawn {
+                exe,
+                config: config.clone(),
+                env: env.clone(),
+                port: a.port,
+            },
+            Err(e) => return fail(format!("cannot find this program's path: {e}")),
+        },
+        None => EngineTarget::Running {
+            pid: a.pid,
+            pause: std::time::Duration::from_secs_f64(a.ramp_pause),
+        },
+    };
+    engines.push(EngineSpec {
+        name: "voxd".into(),
+        target: voxd_target,
+    });
+    if let (Some(cmd), Some(port)) = (&a.compare_cmd, a.compare_port) {
+        let host = a.compare_host.as_deref().unwrap_or(a.host.as_str());
+        let Some(t) = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .ok()
+            .and_then(|mut it| it.next())
+        else {
+            return fail(format!("cannot resolve --compare-host {host}:{port}"));
+        };
+        if a.compare_name == "voxd" {
+            return fail("--compare-name must differ from `voxd`".into());
+        }
+        engines.push(EngineSpec {
+            name: a.compare_name.clone(),
+            target: EngineTarget::Command {
+                cmd: cmd.clone(),
+                target: t,
+                env,
+                log: a.report.as_ref().map(|d| {
+                    let _ = std::fs::create_dir_all(d);
+                    d.join(format!("{}.log", a.compare_name))
+                }),
+            },
+        });
+    }
+    let via = match a.via {
+        Via::Direct => ramp::Via::Direct,
+        Via::Ari => {
+            if a.hold.is_some() {
+                return fail("--hold (call churn) is not supported with --via ari yet".into());
+            }
+            ramp::Via::Ari(voxd::loadgen::via_ari::AriSettings {
+                listen: a.ari_listen,
+                username: std::env::var("ASTERISK_ARI_USERNAME")
+                    .unwrap_or_else(|_| "asterisk".into()),
+                password: std::env::var("ASTERISK_ARI_PASSWORD")
+                    .unwrap_or_else(|_| "asterisk".into()),
+                app: a.ari_app.clone(),
+            })
+        }
+    };
+    let plan = RampPlan {
+        spec: spec.clone(),
+        continue_after_fail: a.ramp_continue,
+        limits,
+    };
+    let agent = match (sim, &a.spawn) {
+        (Some(kind), _) => format!("{kind:?} protocol simulator"),
+        (None, Some(cfg)) => match voxd::config::load(Some(cfg)) {
+            Ok(l) => format!(
+                "{} (from {})",
+                l.config.default_provider.as_str(),
+                cfg.display()
+            ),
+            Err(_) => format!("from {}", cfg.display()),
+        },
+        (None, None) => "as configured in the running voxd".into(),
+    };
+    eprintln!(
+        "ramp {}, {} s per step, SLO: {}",
+        spec.describe(),
+        a.seconds,
+        limits.describe()
+    );
+    let engines_run = ramp::run_ramp(
+        &plan,
+        &engines,
+        |e, calls| ramp::run_step(&base, &via, e, calls, limits),
+        |r| eprintln!("{}", ramp::step_line(r)),
+    );
+    let report = RampReport {
+        command_line: command_line(),
+        machine: ramp::Machine::detect(),
+        transport: base.transport_name().to_string(),
+        via: match a.via {
+            Via::Direct => "direct".into(),
+            Via::Ari => "ari".into(),
+        },
+        agent,
+        seconds_per_step: a.seconds,
+        rate: a.rate,
+        ramp: spec,
+        slo: limits,
+        engines: engines_run,
+    };
+    print!("{}", report.to_table());
+    if let Some(path) = &a.json {
+        if let Err(e) = std::fs::write(path, report.to_json()) {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    if let Some(dir) = &a.report {
+        match report.write_dir(dir) {
+            Ok(warnings) => {
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("report: {} (report.md, ramp.json, ramp.png)", dir.display());
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    // A first step with no figures is a setup error (nothing listening, bad config).
+    if let Some(e) = report
+        .engines
+        .iter()
+        .find_map(|e| e.steps.first().and_then(|s| s.error.clone()))
+    {
+        return fail(format!("the ramp could not run: {e}"));
     }
     ExitCode::SUCCESS
 }

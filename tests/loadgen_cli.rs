@@ -340,3 +340,145 @@ fn loadgen_runs_each_provider_simulator_and_no_key_reaches_the_logs() {
         assert_eq!(v["counts"]["turns_unanswered"], 0, "{provider}: {v}");
     }
 }
+
+fn sim_config(dir: &Path, name: &str) -> (PathBuf, u16) {
+    let (as_port, rtp_port, health) = (free_tcp_port(), free_udp_port(), free_tcp_port());
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "default_provider: sim\n\
+             audiosocket: {{host: 127.0.0.1, port: {as_port}, format: slin16}}\n\
+             external_media: {{rtp_host: 127.0.0.1, rtp_port: {rtp_port}, codec: ulaw}}\n\
+             health: {{host: 127.0.0.1, port: {health}}}\n\
+             providers: {{sim: {{think_ms: 100, reply_ms: 600}}}}\n\
+             engine: {{shards: 1}}\n\
+             logging: {{level: warn}}\n"
+        ),
+    )
+    .unwrap();
+    (cfg, as_port)
+}
+
+fn ramp_cmd(cfg: &Path, ramp: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["loadgen", "--transport", "audiosocket", "--spawn"])
+        .arg(cfg)
+        .args(["--ramp", ramp, "--rate", "50", "--seconds", "2"])
+        .args(["--think-ms", "100", "--initial-pause-ms", "200", "-q"]);
+    c
+}
+
+fn check_png(path: &Path) {
+    let bytes = std::fs::read(path).expect("ramp.png written");
+    assert!(bytes.len() > 1_000, "{} bytes", bytes.len());
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    assert_eq!(&bytes[12..16], b"IHDR");
+}
+
+/// Two steps of a tiny ramp, voxd against a second voxd started by --compare-cmd,
+/// with an SLO loose enough that no step of a busy build machine can break it (no
+/// timing is asserted): both engines run both steps and the report is complete.
+#[test]
+fn ramp_runs_every_step_for_voxd_and_a_compared_engine_and_writes_the_report() {
+    let dir = temp_dir("ramp");
+    let (cfg, _) = sim_config(&dir, "voxd");
+    let (other, other_port) = sim_config(&dir, "other");
+    let report = dir.join("report");
+    let out = ramp_cmd(&cfg, "5:5:10")
+        .args(["--slo-p99-ms", "60000", "--slo-p999-ms", "60000"])
+        .args(["--slo-max-gaps", "1000000"])
+        .arg("--compare-cmd")
+        .arg(format!("exec {BIN} serve --config {}", other.display()))
+        .args(["--compare-port", &other_port.to_string()])
+        .args(["--compare-name", "other"])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert!(stdout.contains("voxd capacity: 10 calls"), "{stdout}");
+    assert!(stdout.contains("other capacity: 10 calls"), "{stdout}");
+    assert!(stdout.contains("reached MAX 10 calls with the SLO met"));
+
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("ramp.json")).unwrap()).unwrap();
+    assert_eq!(v["ramp"]["start"], 5);
+    assert_eq!(v["slo"]["p99_dev_us"], 60_000_000);
+    assert!(v["machine"]["cores"].as_u64().unwrap() >= 1);
+    for (i, name) in ["voxd", "other"].iter().enumerate() {
+        let e = &v["engines"][i];
+        assert_eq!(e["name"], *name);
+        assert_eq!(e["capacity_calls"], 10, "{e}");
+        let steps = e["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 2, "{e}");
+        for (s, calls) in steps.iter().zip([5, 10]) {
+            assert_eq!(s["calls"], calls);
+            assert!(s["error"].is_null(), "{s}");
+            assert!(s["intervals"].as_u64().unwrap() > 0, "{s}");
+            assert_eq!(s["calls_without_frames"], 0, "{s}");
+            assert_eq!(s["slo_pass"], true);
+            // CPU and RSS of the engine (the command's process tree for `other`).
+            assert!(s["cpu_us_per_call_second"].is_number(), "{name}: {s}");
+            assert!(s["rss_mib"].as_f64().unwrap() > 1.0, "{name}: {s}");
+        }
+    }
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    for want in [
+        "# voxd capacity ramp",
+        "voxd capacity: 10 calls",
+        "## Side by side",
+        "![ramp](ramp.png)",
+        "--ramp 5:5:10",
+        "machine:",
+    ] {
+        assert!(md.contains(want), "{want}: {md}");
+    }
+    check_png(&report.join("ramp.png"));
+    // Both engines were stopped: their ports are free again.
+    assert!(TcpListener::bind(("127.0.0.1", other_port)).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An impossible SLO (`--slo-p99-ms 0`) breaks the first step: the ramp stops there
+/// with no capacity, and `--ramp-continue 1` runs exactly one more step.
+#[test]
+fn ramp_stops_at_the_first_step_that_breaks_the_slo() {
+    let dir = temp_dir("ramp-break");
+    let (cfg, _) = sim_config(&dir, "voxd");
+    let json = dir.join("ramp.json");
+    let out = ramp_cmd(&cfg, "3,6,12")
+        .args(["--slo-p99-ms", "0", "--ramp-continue", "1"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--report")
+        .arg(dir.join("report"))
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(
+        stdout.contains("voxd capacity: none (below the first step, 3 calls)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("SLO broken at 3 calls"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let steps = v["engines"][0]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{v}");
+    assert!(steps.iter().all(|s| s["slo_pass"] == false));
+    assert!(v["engines"][0]["capacity_calls"].is_null());
+    check_png(&dir.join("report/ramp.png"));
+
+    // Bad ramp specs are refused by the command line.
+    let out = Command::new(BIN)
+        .args(["loadgen", "--ramp", "10:0:5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

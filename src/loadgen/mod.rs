@@ -3,7 +3,8 @@
 //!
 //! Owns: the caller signal ([`signal`]), the per-call and aggregate measurements and
 //! the timing-SLO verdict ([`stats`]), process CPU/memory sampling from `/proc`
-//! ([`procstat`]), and the sans-IO emulated Asterisk caller that builds outbound
+//! ([`procstat`]), the capacity ramp and its report and plot ([`ramp`], [`plot`]),
+//! and the sans-IO emulated Asterisk caller that builds outbound
 //! AudioSocket/RTP frames and parses what voxd sends back ([`caller`]).
 //!
 //! The socket side is in [`driver`] (the epoll load driver that runs the calls) and
@@ -18,9 +19,11 @@
 pub mod ari_emu;
 pub mod caller;
 pub mod driver;
+pub mod plot;
 pub mod procstat;
 pub mod provider_run;
 pub mod provsim;
+pub mod ramp;
 pub mod signal;
 pub mod spawn;
 pub mod stats;

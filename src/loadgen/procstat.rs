@@ -35,6 +35,10 @@ pub struct StatFields {
     pub stime_ticks: u64,
     /// Field 20, thread count.
     pub threads: u64,
+    /// Field 4, parent process id.
+    pub ppid: u32,
+    /// Field 5, process group id.
+    pub pgrp: u32,
 }
 
 impl ProcSample {
@@ -66,10 +70,81 @@ impl ProcSample {
         })
     }
 
+    /// [`ProcSample::read`] summed over `pid` and all its descendants (found by the
+    /// parent field of every `/proc/<n>/stat`): for an engine that runs as a process
+    /// tree (`voxd loadgen --compare-cmd`, started through `sh -c`). A descendant
+    /// that vanishes between the scan and the read is skipped; the root must exist.
+    pub fn read_tree(pid: u32) -> io::Result<ProcSample> {
+        let mut total = ProcSample::read(pid)?;
+        for child in descendants(pid)? {
+            if let Ok(s) = ProcSample::read(child) {
+                total.utime_ticks += s.utime_ticks;
+                total.stime_ticks += s.stime_ticks;
+                total.rss_bytes += s.rss_bytes;
+                total.threads += s.threads;
+                total.fds += s.fds;
+            }
+        }
+        Ok(total)
+    }
+
     /// User + system ticks.
     pub fn cpu_ticks(&self) -> u64 {
         self.utime_ticks + self.stime_ticks
     }
+}
+
+/// `(pid, stat fields)` of every process, from one scan of `/proc` (processes that
+/// vanish during the scan are left out).
+fn all_processes() -> io::Result<Vec<(u32, StatFields)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(f) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        {
+            out.push((pid, f));
+        }
+    }
+    Ok(out)
+}
+
+/// The processes of process group `pgid`.
+pub fn group_members(pgid: u32) -> io::Result<Vec<u32>> {
+    Ok(all_processes()?
+        .into_iter()
+        .filter(|(_, f)| f.pgrp == pgid)
+        .map(|(p, _)| p)
+        .collect())
+}
+
+/// Every descendant of `root` (children, their children, ...), from one scan of
+/// `/proc`.
+pub fn descendants(root: u32) -> io::Result<Vec<u32>> {
+    let parent_of: Vec<(u32, u32)> = all_processes()?
+        .into_iter()
+        .map(|(p, f)| (p, f.ppid))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &(child, parent) in &parent_of {
+            if parent == p && child != root && !out.contains(&child) {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -85,13 +160,17 @@ pub fn parse_stat(text: &str) -> Option<StatFields> {
     let mut fields = after.split_ascii_whitespace();
     let mut nth = |n: usize| -> Option<u64> { fields.nth(n)?.parse().ok() };
     // Tokens are fields 3, 4, ...: field k is token k - 3.
-    let utime_ticks = nth(14 - 3)?;
+    let ppid = u32::try_from(nth(4 - 3)?).ok()?;
+    let pgrp = u32::try_from(nth(0)?).ok()?; // field 5
+    let utime_ticks = nth(14 - 5 - 1)?;
     let stime_ticks = nth(0)?; // field 15
     let threads = nth(20 - 15 - 1)?;
     Some(StatFields {
         utime_ticks,
         stime_ticks,
         threads,
+        ppid,
+        pgrp,
     })
 }
 
@@ -231,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn tree_includes_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep runs");
+        let me = std::process::id();
+        assert!(descendants(me).unwrap().contains(&child.id()));
+        // The child has no children: its tree is itself (one thread).
+        assert!(descendants(child.id()).unwrap().is_empty());
+        assert_eq!(ProcSample::read_tree(child.id()).unwrap().threads, 1);
+        assert!(ProcSample::read_tree(me).unwrap().threads >= 2);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(ProcSample::read_tree(u32::MAX - 1).is_err());
+    }
+
+    #[test]
     fn missing_process_is_an_error() {
         // PIDs are below 2^22 on Linux.
         assert!(ProcSample::read(u32::MAX - 1).is_err());
@@ -247,7 +343,9 @@ mod tests {
             StatFields {
                 utime_ticks: 777,
                 stime_ticks: 333,
-                threads: 9
+                threads: 9,
+                ppid: 1,
+                pgrp: 4242,
             }
         );
         let odd = "1 ()) (x) R 0 0 0 0 0 0 0 0 0 0 5 6 0 0 0 0 2 0\n";

@@ -3,7 +3,8 @@
 //!
 //! Owns: the child process (its stderr is drained to ours with a `voxd| ` prefix so
 //! that its pipe never fills), the parse of its "listening" line, and the SIGTERM at
-//! the end. The only `unsafe` is that one `kill(2)`.
+//! the end. The only `unsafe` is `kill(2)`: SIGTERM to that child, and
+//! [`signal_group`] for the process group of a `voxd loadgen --compare-cmd` engine.
 //!
 //! Must not: guess addresses (they come from the child's own start-up line), or
 //! leave the child behind: dropping a [`SpawnedVoxd`] kills it.
@@ -179,6 +180,26 @@ fn terminate(pid: u32) {
     // process.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+/// Sends `sig` to the process group `pgid` (a child started with
+/// `process_group(0)`, whose group id is its pid). A group that is gone is no error.
+#[allow(unsafe_code)]
+pub fn signal_group(pgid: u32, sig: libc::c_int) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours. A negative
+    // pid names the process group `pgid`, the one our child was started in (a new
+    // group of its own); callers signal it before they reap that child or while
+    // /proc still shows members of the group, so the id names no other group.
+    // pgid > 1 rules out "every process" (-1) and our own group (0).
+    unsafe {
+        libc::kill(-pgid, sig);
     }
 }
 

@@ -77,6 +77,45 @@ pub const SLO_P99_DEV_US: u64 = 2_000;
 /// SLO: p99.9 of the inter-arrival deviation, microseconds.
 pub const SLO_P999_DEV_US: u64 = 5_000;
 
+/// The thresholds of the timing SLO. The defaults are `targets.md`'s; operators may
+/// set their own (`voxd loadgen --slo-p99-ms`, `--slo-p999-ms`, `--slo-max-gaps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SloLimits {
+    /// Largest p99 inter-arrival deviation that passes, microseconds.
+    pub p99_dev_us: u64,
+    /// Largest p99.9 inter-arrival deviation that passes, microseconds.
+    pub p999_dev_us: u64,
+    /// Most gaps that pass (0 in `targets.md`).
+    pub max_gaps: u64,
+}
+
+impl Default for SloLimits {
+    fn default() -> Self {
+        SloLimits {
+            p99_dev_us: SLO_P99_DEV_US,
+            p999_dev_us: SLO_P999_DEV_US,
+            max_gaps: 0,
+        }
+    }
+}
+
+impl SloLimits {
+    /// The limits in words, e.g. `p99 dev <= 2 ms, p99.9 dev <= 5 ms, zero gaps`.
+    pub fn describe(&self) -> String {
+        let ms = |us: u64| us as f64 / 1_000.0;
+        let gaps = if self.max_gaps == 0 {
+            "zero gaps".to_string()
+        } else {
+            format!("gaps <= {}", self.max_gaps)
+        };
+        format!(
+            "p99 dev <= {} ms, p99.9 dev <= {} ms, {gaps}",
+            ms(self.p99_dev_us),
+            ms(self.p999_dev_us)
+        )
+    }
+}
+
 /// Knobs of the per-call measurements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatsConfig {
@@ -561,6 +600,7 @@ impl Aggregate {
             },
             barge_in_us: Percentiles::of(&self.barge_in),
             process: None,
+            slo_limits: SloLimits::default(),
         }
     }
 }
@@ -632,6 +672,9 @@ pub struct Report {
     pub barge_in_us: Percentiles,
     /// voxd's CPU and memory over the measured window, when sampled.
     pub process: Option<crate::loadgen::procstat::ProcSummary>,
+    /// The SLO thresholds [`Report::slo`] applies (`targets.md`'s unless the
+    /// operator set others).
+    pub slo_limits: SloLimits,
 }
 
 /// The timing SLO of `targets.md` applied to a [`Report`].
@@ -650,13 +693,14 @@ pub struct SloVerdict {
 }
 
 impl Report {
-    /// The timing-SLO verdict.
+    /// The timing-SLO verdict under [`Report::slo_limits`].
     pub fn slo(&self) -> SloVerdict {
+        let lim = &self.slo_limits;
         let d = &self.inter_arrival_dev_us;
         let measured = d.count > 0;
-        let p99_dev_ok = measured && d.p99 <= SLO_P99_DEV_US;
-        let p999_dev_ok = measured && d.p999 <= SLO_P999_DEV_US;
-        let gaps_ok = self.gaps == 0;
+        let p99_dev_ok = measured && d.p99 <= lim.p99_dev_us;
+        let p999_dev_ok = measured && d.p999 <= lim.p999_dev_us;
+        let gaps_ok = self.gaps <= lim.max_gaps;
         SloVerdict {
             measured,
             p99_dev_ok,
@@ -767,10 +811,18 @@ impl Report {
                 p.after.fds
             );
         }
+        let lim = &self.slo_limits;
+        let gaps = if lim.max_gaps == 0 {
+            "zero gaps".to_string()
+        } else {
+            format!("gaps <= {}", lim.max_gaps)
+        };
         let _ = writeln!(
             s,
-            "timing SLO: p99 dev <= 2 ms {}, p99.9 dev <= 5 ms {}, zero gaps {} => {}",
+            "timing SLO: p99 dev <= {} ms {}, p99.9 dev <= {} ms {}, {gaps} {} => {}",
+            ms(lim.p99_dev_us),
             ok(slo.p99_dev_ok),
+            ms(lim.p999_dev_us),
             ok(slo.p999_dev_ok),
             ok(slo.gaps_ok),
             if slo.pass { "PASS" } else { "FAIL" }
@@ -869,6 +921,33 @@ mod tests {
         r.inter_arrival_dev_us.p999 -= 1;
         r.gaps = 1;
         assert!(!r.slo().gaps_ok && !r.slo().pass);
+    }
+
+    #[test]
+    fn slo_limits_can_be_overridden() {
+        let mut r = Aggregate::new().report(0);
+        r.inter_arrival_dev_us = Percentiles {
+            count: 10,
+            p50: 100,
+            p99: 1_000,
+            p999: 3_000,
+            ..Percentiles::default()
+        };
+        r.gaps = 2;
+        assert!(!r.slo().pass, "2 gaps fail the default SLO");
+        r.slo_limits.max_gaps = 2;
+        assert!(r.slo().pass);
+        r.slo_limits.p99_dev_us = 0;
+        assert!(
+            !r.slo().p99_dev_ok && !r.slo().pass,
+            "an impossible p99 limit"
+        );
+        assert!(r.to_table().contains("p99 dev <= 0 ms FAIL"));
+        assert!(r.to_table().contains("gaps <= 2 ok"));
+        assert_eq!(
+            SloLimits::default().describe(),
+            "p99 dev <= 2 ms, p99.9 dev <= 5 ms, zero gaps"
+        );
     }
 
     #[test]

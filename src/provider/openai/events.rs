@@ -230,8 +230,9 @@ const APPEND_PREFIX: &str = r#"{"type":"input_audio_buffer.append","audio":""#;
 const APPEND_SUFFIX: &str = r#""}"#;
 
 /// `{"type":"input_audio_buffer.append","audio":"<base64 of audio>"}` built in one
-/// allocation of the exact size (base64 needs no JSON escaping).
-pub(super) fn append_message(audio: &[u8]) -> String {
+/// allocation of the exact size (base64 needs no JSON escaping). Called by the
+/// session for every batch of caller audio (and by `benches/provider.rs`).
+pub fn append_message(audio: &[u8]) -> String {
     let b64_len = audio.len().div_ceil(3) * 4;
     let mut s = String::with_capacity(APPEND_PREFIX.len() + b64_len + APPEND_SUFFIX.len());
     s.push_str(APPEND_PREFIX);

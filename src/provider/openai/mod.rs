@@ -25,8 +25,8 @@ mod turn;
 mod tests;
 
 pub use events::{
-    parse_server_event, ErrorBody, EventError, Parsed, RateLimit, ResponseRef, ServerEvent,
-    HANDLED, IGNORED,
+    append_message, parse_server_event, ErrorBody, EventError, Parsed, RateLimit, ResponseRef,
+    ServerEvent, HANDLED, IGNORED,
 };
 
 use std::collections::BTreeMap;
