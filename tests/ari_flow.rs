@@ -603,3 +603,62 @@ fn unknown_provider_hangs_the_caller_up_on_rtp_too() {
         assert_clean(&rig.stop().await);
     });
 }
+
+/// `limits.max_calls` with ARI on: the caller beyond the limit is not answered but
+/// sent back to the dialplan with `VOXD_REFUSED=max_calls` (and counted); the call
+/// already up keeps its audio; once it ends, a new caller is taken again.
+#[test]
+fn a_caller_over_max_calls_goes_back_to_the_dialplan_with_the_reason() {
+    runtime().block_on(async {
+        let yaml = format!("{ECHO_AS}\nlimits: {{max_calls: 1}}\n");
+        let rig = start_rig(&yaml, EmuConfig::default()).await;
+        let first = rig.emu.place_call(CallSpec::default()).unwrap();
+        until("the first call's agent audio", || {
+            rig.emu
+                .media_stats(&first)
+                .is_some_and(|m| m.voiced_frames_received >= 25)
+        })
+        .await;
+        let second = rig.emu.place_call(CallSpec::default()).unwrap();
+        until("the second caller is sent back to the dialplan", || {
+            rig.emu.counters().continued >= 1
+        })
+        .await;
+        let flow = rig.flow.as_ref().unwrap();
+        assert_eq!(flow.stats.refused_max_calls.load(Ordering::Relaxed), 1);
+        let reqs = rig.emu.requests();
+        let var = reqs
+            .iter()
+            .find(|r| r.method == "POST" && r.path == format!("/ari/channels/{second}/variable"))
+            .expect("VOXD_REFUSED set on the refused caller");
+        assert_eq!(
+            var.query.get("variable").map(String::as_str),
+            Some("VOXD_REFUSED")
+        );
+        assert_eq!(
+            var.query.get("value").map(String::as_str),
+            Some("max_calls")
+        );
+        assert!(
+            !reqs
+                .iter()
+                .any(|r| r.path == format!("/ari/channels/{second}/answer")),
+            "the refused caller is not answered"
+        );
+        // The first call still gets its audio.
+        let before = rig.emu.media_stats(&first).unwrap().voiced_frames_received;
+        until("the first call keeps its audio", || {
+            rig.emu
+                .media_stats(&first)
+                .is_some_and(|m| m.voiced_frames_received >= before + 25)
+        })
+        .await;
+        rig.emu.hangup_caller(&first).unwrap();
+        let _ = rig.emu.hangup_caller(&second);
+        until_clean(&rig, "no channel or bridge left").await;
+        // A slot is free again.
+        one_call(&rig, CallSpec::default()).await;
+        assert_eq!(flow.stats.refused_max_calls.load(Ordering::Relaxed), 1);
+        assert_clean(&rig.stop().await);
+    });
+}

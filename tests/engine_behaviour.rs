@@ -236,6 +236,11 @@ impl AsClient {
             match self.dec.decode(&mut self.buf) {
                 Ok(Some(f)) => {
                     let k = f.kind.as_u8();
+                    if k == 0x00 {
+                        // A hangup frame: voxd refuses or closes this connection.
+                        self.kinds.push(k);
+                        continue;
+                    }
                     assert!(
                         f.kind.is_audio(),
                         "voxd sent a frame of kind {k:#04x}, which Asterisk refuses"
@@ -948,6 +953,7 @@ fn max_calls_refuses_the_third_connection_and_keeps_the_first_two() {
     let mut c = AsClient::call(addr, uuid(3));
     c.send_audio(0x12, &signal(16 * 100, 302));
     assert!(c.closed_within(CLOSE_LIMIT), "the third call is closed");
+    assert_eq!(c.kinds, [0x00], "a hangup frame, then the close");
 
     let s = signal(16 * 500, 303);
     assert_exact(&a.echo_round(0x12, &s), &s, "call 1 after the refusal");
@@ -1084,4 +1090,104 @@ fn a_second_engine_on_the_same_ports_refuses_to_start() {
     // The first engine still carries calls.
     let mut s = TcpStream::connect(h.as_addr()).unwrap();
     s.write_all(&frame(0x01, &uuid(9))).unwrap();
+}
+
+// ---- 11. read deadline and RTP rate cap --------------------------------------------
+
+/// Slowloris on AudioSocket: a connection that sends nothing, one that sends its
+/// UUID and then nothing, and one that trickles a frame one byte at a time (bytes
+/// keep coming, no frame completes) are all closed by the read deadline with a
+/// hangup frame, while a paced call beside them echoes bit-exact.
+#[test]
+fn read_deadline_closes_silent_uuid_only_and_trickling_connections() {
+    let mut h = Harness::start(ECHO_YAML, |c| c.audiosocket.read_timeout_ms = 400);
+    let addr = h.as_addr();
+    let good = paced_echo_call(addr, uuid(90), 0x12, signal(16 * 2000, 900));
+    let mut silent = AsClient::connect(addr);
+    let mut uuid_only = AsClient::call(addr, uuid(91));
+    let mut trickle = AsClient::call(addr, uuid(92));
+    // One 640-byte frame, one byte every 50 ms: 8 bytes per deadline, never whole.
+    let partial = frame(0x12, &[1u8; 640]);
+    let mut next = 0;
+    let t0 = Instant::now();
+    while !trickle.closed && t0.elapsed() < CLOSE_LIMIT {
+        if next < partial.len() {
+            trickle.send(&partial[next..next + 1]);
+            next += 1;
+        }
+        trickle.read_once(|_, _| {});
+    }
+    assert!(trickle.closed, "the trickling connection is closed");
+    assert!(next > 8, "it kept sending bytes past the deadline ({next})");
+    assert!(silent.eof_within(CLOSE_LIMIT), "silent: closed by voxd");
+    assert_eq!(
+        silent.kinds,
+        [0x00],
+        "silent: a hangup frame, then the close"
+    );
+    assert!(
+        uuid_only.eof_within(CLOSE_LIMIT),
+        "uuid only: closed by voxd"
+    );
+    // (Silence frames keep Asterisk's side alive until then.)
+    assert_eq!(
+        uuid_only.kinds.last(),
+        Some(&0x00),
+        "uuid only: a hangup frame"
+    );
+    assert_eq!(trickle.kinds.last(), Some(&0x00), "trickle: a hangup frame");
+    let (got, _) = good.join().unwrap();
+    assert_exact(&got, &signal(16 * 2000, 900), "the paced call beside them");
+    let stats = h.stop();
+    let timeouts: u64 = stats.iter().map(|s| s.read_timeouts).sum();
+    assert_eq!(timeouts, 3, "three read deadlines passed");
+    assert_eq!(totals(&stats).protocol_errors, 0);
+}
+
+/// An RTP flood from one source: packets over `max_packets_per_second` are
+/// dropped and counted; a good call from another source echoes G.711-exact.
+#[test]
+fn rtp_flood_from_one_source_is_capped_and_harms_nobody() {
+    let mut h = Harness::start(ECHO_YAML, |c| c.external_media.max_packets_per_second = 100);
+    let voxd = h.rtp_addr();
+    let flood = rtp_socket();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = {
+        let stop = stop.clone();
+        let flood = flood.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) || n < 2000 {
+                let p = rtp_packet(rtp::PT_PCMU, n as u16, 0xF100D, &[0x55; 160]);
+                let _ = flood.send_to(&p, voxd);
+                n += 1;
+                if n % 200 == 0 {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+            n
+        })
+    };
+    let (got, codes) = rtp_good_call(voxd, 9);
+    stop.store(true, Ordering::Relaxed);
+    let sent = sent.join().unwrap();
+    assert_eq!(
+        got.len(),
+        codes.len(),
+        "all the good call's audio came back"
+    );
+    assert!(got == codes, "the good call's echo is G.711-exact");
+    let stats = h.stop();
+    let limited: u64 = stats.iter().map(|s| s.rtp_rate_limited).sum();
+    let rtp_in: u64 = stats.iter().map(|s| s.rtp_in).sum();
+    assert!(
+        limited > 0 && limited < u64::from(sent),
+        "{limited} of {sent} flood packets dropped by the cap"
+    );
+    // What the cap let through: the burst (100) plus 100 per second, far below the
+    // flood (packets the kernel dropped never reached voxd: compare with rtp_in).
+    assert!(
+        limited + 50 + 1000 > rtp_in / 2,
+        "limited {limited}, rtp_in {rtp_in}"
+    );
 }

@@ -42,6 +42,29 @@ use crate::rng::SplitMix64;
 /// Prefix of the media legs' channel ids (voxd chooses them at originate).
 pub const LEG_PREFIX: &str = "voxd-leg-";
 
+/// Channel variable set on a caller voxd refuses before it goes back to the
+/// dialplan; its value is a [`RefuseReason`].
+pub const REFUSED_VARIABLE: &str = "VOXD_REFUSED";
+
+/// Why a caller was refused (the value of [`REFUSED_VARIABLE`] and a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// `limits.max_calls` calls were up.
+    MaxCalls,
+    /// voxd is draining (SIGTERM).
+    Draining,
+}
+
+impl RefuseReason {
+    /// `max_calls` / `draining`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::MaxCalls => "max_calls",
+            RefuseReason::Draining => "draining",
+        }
+    }
+}
+
 /// Counters of the flow (tests, health).
 #[derive(Debug, Default)]
 pub struct FlowStats {
@@ -57,6 +80,10 @@ pub struct FlowStats {
     pub media_up: AtomicU64,
     /// Callers sent back to the dialplan because voxd was draining.
     pub refused_draining: AtomicU64,
+    /// Callers sent back to the dialplan because `limits.max_calls` calls were up.
+    pub refused_max_calls: AtomicU64,
+    /// ARI event frames that could not be parsed (skipped).
+    pub bad_events: Arc<AtomicU64>,
     /// Times the events WebSocket came back after a loss.
     pub reconnects: AtomicU64,
     /// Asterisk's version from `GET /ari/asterisk/info` at the last connect.
@@ -79,6 +106,8 @@ struct FlowConfig {
     transfer_context: Option<String>,
     /// `logging.pii`: log the caller's number and name in the clear.
     pii: bool,
+    /// `limits.max_calls`: callers beyond it are refused.
+    max_calls: usize,
 }
 
 impl FlowConfig {
@@ -106,6 +135,7 @@ impl FlowConfig {
             },
             transfer_context: cfg.asterisk.transfer_context.clone(),
             pii: cfg.logging.pii,
+            max_calls: cfg.limits.max_calls as usize,
         }
     }
 }
@@ -148,7 +178,14 @@ impl AriFlow {
         rtp_port: u16,
     ) -> Result<AriFlow, AriError> {
         let rest = AriRest::new(&cfg.asterisk)?;
-        let events = EventsClient::new(&cfg.asterisk, EventsOptions::default())?;
+        let stats = Arc::new(FlowStats::default());
+        let events = EventsClient::new(
+            &cfg.asterisk,
+            EventsOptions {
+                bad_events: stats.bad_events.clone(),
+                ..EventsOptions::default()
+            },
+        )?;
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         let (conn_tx, conn_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -160,7 +197,6 @@ impl AriFlow {
                 })
                 .await;
         });
-        let stats = Arc::new(FlowStats::default());
         let (media_tx, media_rx) = mpsc::channel(4096);
         let (int_tx, int_rx) = mpsc::channel(4096);
         let draining = Arc::new(AtomicBool::new(false));
@@ -361,15 +397,13 @@ impl Flow {
                         ignore_gone(rest.hangup(&id, HangupReason::Normal).await, "media leg");
                     });
                 } else if self.draining.load(Ordering::Relaxed) && !self.calls.contains_key(&id) {
-                    tracing::info!(caller = %id, "draining: caller sent back to the dialplan");
+                    tracing::info!(caller = %id, "draining: caller sent back to the dialplan (VOXD_REFUSED=draining)");
                     self.stats.refused_draining.fetch_add(1, Ordering::Relaxed);
-                    let rest = self.rest.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = rest.continue_in_dialplan(&id, None, None, None).await {
-                            tracing::warn!(caller = %id, error = %e, "cannot send the caller back to the dialplan; hanging up");
-                            ignore_gone(rest.hangup(&id, HangupReason::Normal).await, "caller");
-                        }
-                    });
+                    self.refuse(id, RefuseReason::Draining);
+                } else if !self.calls.contains_key(&id) && self.calls.len() >= self.cfg.max_calls {
+                    tracing::warn!(caller = %id, calls = self.calls.len(), max_calls = self.cfg.max_calls, "limits.max_calls reached: caller sent back to the dialplan (VOXD_REFUSED=max_calls)");
+                    self.stats.refused_max_calls.fetch_add(1, Ordering::Relaxed);
+                    self.refuse(id, RefuseReason::MaxCalls);
                 } else if !self.calls.contains_key(&id) {
                     let agent = s.arg("agent").map(str::to_string);
                     let provider = s.arg("provider").map(str::to_string);
@@ -398,6 +432,31 @@ impl Flow {
             }
             AriEvent::ChannelStateChange(_) | AriEvent::Unknown(_) => {}
         }
+    }
+
+    /// Send a caller voxd will not take back to the dialplan at its next priority,
+    /// with the channel variable `VOXD_REFUSED` set to the reason (`max_calls`,
+    /// `draining`) so the dialplan can try another host or play a message. If
+    /// Asterisk refuses the `continue`, the caller is hung up with cause 34
+    /// (congestion) for `max_calls`, 16 (normal) for `draining`.
+    fn refuse(&self, id: String, reason: RefuseReason) {
+        let rest = self.rest.clone();
+        tokio::spawn(async move {
+            if let Err(e) = rest
+                .set_variable(&id, REFUSED_VARIABLE, reason.as_str())
+                .await
+            {
+                tracing::debug!(caller = %id, error = %e, "cannot set VOXD_REFUSED");
+            }
+            if let Err(e) = rest.continue_in_dialplan(&id, None, None, None).await {
+                tracing::warn!(caller = %id, error = %e, "cannot send the caller back to the dialplan; hanging up");
+                let cause = match reason {
+                    RefuseReason::MaxCalls => HangupReason::Congestion,
+                    RefuseReason::Draining => HangupReason::Normal,
+                };
+                ignore_gone(rest.hangup(&id, cause).await, "caller");
+            }
+        });
     }
 
     fn new_uuid(&mut self) -> [u8; 16] {

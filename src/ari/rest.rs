@@ -560,6 +560,24 @@ impl AriRest {
         }
     }
 
+    /// `POST /ari/channels/{id}/variable?variable=<name>&value=<value>`: sets a
+    /// channel variable.
+    pub async fn set_variable(
+        &self,
+        channel_id: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), AriError> {
+        self.call(
+            "set_variable",
+            Method::POST,
+            &["channels", channel_id, "variable"],
+            &[("variable", name), ("value", value)],
+        )
+        .await
+        .map(drop)
+    }
+
     /// `POST /ari/bridges?type=<bridge_type>&bridgeId=<id>`: creates a bridge
     /// (`bridge_type` is `mixing` for a call, or a comma list such as
     /// `mixing,proxy_media`).

@@ -129,6 +129,9 @@ pub struct EventsOptions {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Seed for the backoff jitter; `None` seeds from the clock and process id.
     pub jitter_seed: Option<u64>,
+    /// Counts event frames that could not be parsed (malformed JSON, missing
+    /// fields, oversize), each skipped with a warning. Share it to export it.
+    pub bad_events: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for EventsOptions {
@@ -140,6 +143,7 @@ impl Default for EventsOptions {
             idle_timeout: Duration::from_secs(60),
             tls: None,
             jitter_seed: None,
+            bad_events: Arc::default(),
         }
     }
 }
@@ -390,7 +394,10 @@ impl EventsClient {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "bad ARI event skipped");
+                    self.opts
+                        .bad_events
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(error = %e, "bad ARI event skipped (counted in voxd_ari_bad_events_total)");
                 }
             }
         }

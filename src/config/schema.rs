@@ -270,7 +270,9 @@ pub struct AudioSocketConfig {
     pub advertise_host: Option<String>,
     /// Largest accepted AudioSocket frame payload in bytes (1..=65535).
     pub max_frame_bytes: u32,
-    /// Close a connection that sends nothing for this long (ms).
+    /// Read deadline (ms): close a connection that delivers no complete frame for
+    /// this long (nothing at all, a UUID then nothing, or a partial frame that
+    /// stalls). Asterisk sends a frame every 20 ms while a call is up.
     pub read_timeout_ms: u32,
     /// Peers allowed to connect: IP addresses or CIDR blocks.
     pub allowed_remote_hosts: Vec<String>,
@@ -326,6 +328,10 @@ pub struct ExternalMediaConfig {
     pub idle_timeout_ms: u32,
     /// Inbound jitter buffer depth (ms).
     pub jitter_depth_ms: u32,
+    /// Per-call RTP rate cap: a source may send this many packets per second
+    /// (with a burst of one second's worth); the excess is dropped and counted. A
+    /// call sends 50.
+    pub max_packets_per_second: u32,
 }
 
 impl Default for ExternalMediaConfig {
@@ -339,6 +345,7 @@ impl Default for ExternalMediaConfig {
             advertise_host: None,
             idle_timeout_ms: 5000,
             jitter_depth_ms: 60,
+            max_packets_per_second: 200,
         }
     }
 }

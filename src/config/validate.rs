@@ -233,6 +233,12 @@ pub(crate) fn validate(cfg: &Config) -> Vec<ConfigIssue> {
         0,
         1000,
     );
+    c.range(
+        "external_media.max_packets_per_second",
+        e.max_packets_per_second.into(),
+        50,
+        100_000,
+    );
 
     // streaming
     let st = &cfg.streaming;
@@ -595,6 +601,12 @@ mod tests {
             }),
             ("external_media.port_range", |c| {
                 c.external_media.port_range = Some("18080".into())
+            }),
+            ("external_media.max_packets_per_second", |c| {
+                c.external_media.max_packets_per_second = 49
+            }),
+            ("audiosocket.read_timeout_ms", |c| {
+                c.audiosocket.read_timeout_ms = 0
             }),
             ("barge_in.energy_threshold", |c| {
                 c.barge_in.energy_threshold = 0

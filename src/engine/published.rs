@@ -76,6 +76,9 @@ impl ShardSnapshot {
         a.as_tx_bytes += b.as_tx_bytes;
         a.underflows += b.underflows;
         a.frames_to_caller += b.frames_to_caller;
+        a.read_timeouts += b.read_timeouts;
+        a.rtp_rate_limited += b.rtp_rate_limited;
+        a.as_ignored_frames += b.as_ignored_frames;
         self.active_calls += o.active_calls;
         self.audiosocket_connections += o.audiosocket_connections;
         self.busy_ratio += o.busy_ratio;

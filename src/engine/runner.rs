@@ -273,6 +273,7 @@ impl Engine {
             rtp_allow: AllowList::parse(&cfg.external_media.allowed_remote_hosts)
                 .map_err(EngineError::Allow)?,
             rtp_idle_timeout_ms: u64::from(cfg.external_media.idle_timeout_ms),
+            rtp_max_pps: cfg.external_media.max_packets_per_second,
             audiosocket_provider_codec: provider.formats(as_codec).input,
             rtp_provider_codec: provider.formats(rtp_c).input,
             call_template: call_template(cfg),

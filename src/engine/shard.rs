@@ -41,6 +41,69 @@ const TOKEN_CONN_BASE: u64 = 16;
 const MAX_TX_BACKLOG: usize = 64 * 1024;
 /// Report played agent audio to the control side every this many ms.
 const PLAYED_REPORT_MS: u32 = 100;
+/// The AudioSocket hangup frame (kind 0x00, no payload): sent before voxd closes a
+/// connection it refuses or whose read deadline passed, so Asterisk hangs up
+/// cleanly instead of seeing a bare close.
+const AS_HANGUP: [u8; 3] = [0x00, 0x00, 0x00];
+/// At most one log line per this many ms for each kind of repeated bad input (the
+/// lines say how many were not logged).
+const BAD_INPUT_LOG_MS: u64 = 1000;
+
+/// Rate limit of one kind of warning: the first event logs, later ones within
+/// [`BAD_INPUT_LOG_MS`] are only counted and reported with the next line.
+#[derive(Debug, Default, Clone, Copy)]
+struct LogLimit {
+    next_ms: u64,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// `Some(events not logged since the last line)` when this event may log.
+    fn allow(&mut self, now: u64) -> Option<u64> {
+        if now >= self.next_ms {
+            self.next_ms = now + BAD_INPUT_LOG_MS;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// Per-call RTP token bucket: `rate` packets per second, at most one second's worth
+/// banked. Tokens are kept in thousandths so a 1 ms refill is exact; no allocation.
+#[derive(Debug, Clone, Copy)]
+struct RtpBucket {
+    milli: u64,
+    at_ms: u64,
+    /// Packets dropped by this bucket so far (logged once per call).
+    dropped: u64,
+}
+
+impl RtpBucket {
+    fn new(rate: u32, now: u64) -> Self {
+        RtpBucket {
+            milli: u64::from(rate) * 1000,
+            at_ms: now,
+            dropped: 0,
+        }
+    }
+
+    /// Take one packet's token; `false` when the source is over `rate`.
+    fn take(&mut self, rate: u32, now: u64) -> bool {
+        let rate = u64::from(rate);
+        let elapsed = now.saturating_sub(self.at_ms);
+        self.at_ms = self.at_ms.max(now);
+        self.milli = (self.milli + elapsed * rate).min(rate * 1000);
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
 
 /// Everything a shard is built with.
 #[derive(Debug, Clone)]
@@ -55,7 +118,8 @@ pub struct ShardSpec {
     pub max_frame_bytes: usize,
     /// AudioSocket peers allowed to connect.
     pub audiosocket_allow: AllowList,
-    /// An AudioSocket connection that sends nothing (not even its UUID) for this long
+    /// Read deadline: an AudioSocket connection that delivers no complete frame for
+    /// this long (nothing at all, a UUID then nothing, a partial frame that stalls)
     /// is closed (`audiosocket.read_timeout_ms`).
     pub audiosocket_read_timeout_ms: u64,
     /// Codec of RTP calls (`external_media.codec`).
@@ -64,6 +128,9 @@ pub struct ShardSpec {
     pub rtp_allow: AllowList,
     /// An RTP call ends after this long without packets.
     pub rtp_idle_timeout_ms: u64,
+    /// Per-call RTP rate cap, packets per second (burst: one second's worth;
+    /// `external_media.max_packets_per_second`).
+    pub rtp_max_pps: u32,
     /// Codec the provider uses (both directions) for AudioSocket calls.
     pub audiosocket_provider_codec: Codec,
     /// Codec the provider uses (both directions) for RTP calls.
@@ -120,6 +187,13 @@ pub struct ShardStats {
     pub underflows: u64,
     /// Frames sent to callers (audio and silence), of the calls that ended.
     pub frames_to_caller: u64,
+    /// AudioSocket connections closed by the read deadline (no complete frame for
+    /// `audiosocket.read_timeout_ms`).
+    pub read_timeouts: u64,
+    /// RTP packets over a call's rate cap, dropped (also in `rtp_dropped`).
+    pub rtp_rate_limited: u64,
+    /// AudioSocket frames of a kind voxd ignores (unknown kinds, peer error frames).
+    pub as_ignored_frames: u64,
 }
 
 enum Media {
@@ -136,6 +210,7 @@ enum Media {
         sender: RtpSender,
         seq: SeqExtender,
         last_rx_ms: u64,
+        bucket: RtpBucket,
     },
 }
 
@@ -190,6 +265,9 @@ pub struct Shard {
     /// Scratch for one outbound RTP packet.
     rtp_out: Box<[u8]>,
     stats: ShardStats,
+    /// Log rate limits: read deadline closures, RTP rate cap.
+    log_read_timeout: LogLimit,
+    log_rtp_cap: LogLimit,
 }
 
 impl Shard {
@@ -248,6 +326,8 @@ impl Shard {
             listener,
             udp,
             stats: ShardStats::default(),
+            log_read_timeout: LogLimit::default(),
+            log_rtp_cap: LogLimit::default(),
         })
     }
 
@@ -455,7 +535,13 @@ impl Shard {
         let call = CallKey::new(self.spec.index, slot, s.generation);
         s.generation = s.generation.wrapping_add(1);
         match live.media {
-            Media::AudioSocket { stream, conn, .. } => {
+            Media::AudioSocket {
+                stream, conn, tx, ..
+            } => {
+                if reason == EndReason::IdleTimeout && tx.is_empty() {
+                    // Tell Asterisk before the close (never mid-frame: tx is empty).
+                    let _ = (&stream).write(&AS_HANGUP);
+                }
                 let _ = self.backend.deregister(stream.as_raw_fd());
                 if let Some(u) = conn.uuid() {
                     if self.by_uuid.get(&u) == Some(&slot) {
@@ -529,6 +615,20 @@ impl Shard {
             return;
         }
         let _ = stream.set_nodelay(true);
+        let draining = self.life.as_ref().is_some_and(|l| l.is_draining());
+        if self.free.is_empty() || draining {
+            self.stats.refused += 1;
+            // A hangup frame first (3 bytes into a fresh socket: never blocks), so
+            // Asterisk ends the channel cleanly; then the close.
+            let _ = (&stream).write(&AS_HANGUP);
+            tracing::warn!(
+                shard = self.spec.index,
+                reason = if draining { "draining" } else { "max_calls" },
+                max_calls = self.slots.len(),
+                "AudioSocket connection refused: shard at max_calls (limits.max_calls), or draining; hangup frame sent"
+            );
+            return;
+        }
         let fd = stream.as_raw_fd();
         let conn = AsConn::new(self.spec.audiosocket_codec, self.spec.max_frame_bytes);
         let media = Media::AudioSocket {
@@ -569,13 +669,7 @@ impl Shard {
             let Some(live) = self.slots[slot as usize].live.as_mut() else {
                 return;
             };
-            let Media::AudioSocket {
-                stream,
-                conn,
-                last_rx_ms,
-                ..
-            } = &mut live.media
-            else {
+            let Media::AudioSocket { stream, conn, .. } = &mut live.media else {
                 return;
             };
             loop {
@@ -585,7 +679,8 @@ impl Shard {
                         break;
                     }
                     Ok(n) => {
-                        *last_rx_ms = now;
+                        // The read deadline counts complete frames only (see
+                        // `handle_as_events`): a trickle of bytes does not hold it off.
                         self.stats.as_rx_bytes += n as u64;
                         conn.rx().extend_from_slice(&self.read_buf[..n]);
                         if !to_end && n < self.read_buf.len() {
@@ -618,13 +713,17 @@ impl Shard {
                 conn,
                 stream,
                 started,
+                last_rx_ms,
                 ..
             } = &mut live.media
             else {
                 return;
             };
             let ev = match conn.poll_event() {
-                Ok(Some(ev)) => ev,
+                Ok(Some(ev)) => {
+                    *last_rx_ms = now;
+                    ev
+                }
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(shard = self.spec.index, error = %e, kind = e.label(), "AudioSocket protocol error; closing that connection");
@@ -666,7 +765,7 @@ impl Shard {
                     self.end_call(slot, EndReason::CallerHangup);
                     return;
                 }
-                AsEvent::Unknown(_) | AsEvent::PeerError(_) => {}
+                AsEvent::Unknown(_) | AsEvent::PeerError(_) => self.stats.as_ignored_frames += 1,
             }
         }
     }
@@ -768,6 +867,11 @@ impl Shard {
             self.stats.refused += 1;
             return;
         }
+        if let Some(slot) = known {
+            if !self.rtp_within_cap(slot, now) {
+                return;
+            }
+        }
         let (data, _) = self.udp_rx.get(i);
         let (sequence, payload) = match rtp::parse(data) {
             Ok(p) if p.header.payload_type == self.rtp_pt && !p.payload.is_empty() => {
@@ -794,6 +898,7 @@ impl Shard {
                     ),
                     seq: SeqExtender::new(),
                     last_rx_ms: now,
+                    bucket: RtpBucket::new(self.spec.rtp_max_pps, now),
                 };
                 let Some(slot) = self.new_call(self.spec.rtp_codec, media, now) else {
                     self.stats.refused += 1;
@@ -823,6 +928,39 @@ impl Shard {
             payload,
         });
         self.flush_outputs(slot);
+    }
+
+    /// The per-call rate cap (before the packet is parsed): `false` when the packet
+    /// is over `external_media.max_packets_per_second` and was dropped (counted;
+    /// one rate-limited log line).
+    fn rtp_within_cap(&mut self, slot: u32, now: u64) -> bool {
+        let rate = self.spec.rtp_max_pps;
+        let Some(Live {
+            media: Media::Rtp { bucket, .. },
+            ..
+        }) = self.slots[slot as usize].live.as_mut()
+        else {
+            return true;
+        };
+        if bucket.take(rate, now) {
+            return true;
+        }
+        let first_for_call = bucket.dropped == 1;
+        self.stats.rtp_dropped += 1;
+        self.stats.rtp_rate_limited += 1;
+        if first_for_call {
+            if let Some(more) = self.log_rtp_cap.allow(now) {
+                let call = self.key(slot);
+                tracing::warn!(
+                    shard = self.spec.index,
+                    %call,
+                    max_packets_per_second = rate,
+                    not_logged = more,
+                    "RTP source over its rate cap (external_media.max_packets_per_second); excess packets dropped"
+                );
+            }
+        }
+        false
     }
 
     fn flush_udp(&mut self) {
@@ -930,12 +1068,45 @@ impl Shard {
         expired.clear();
         self.timer.expire(now, &mut expired);
         for &slot in &expired {
-            let idle = match self.slots[slot as usize].live.as_ref().map(|l| &l.media) {
+            let idle = match self.slots[slot as usize]
+                .live
+                .as_mut()
+                .map(|l| &mut l.media)
+            {
                 Some(Media::Rtp { last_rx_ms, .. }) => {
                     now.saturating_sub(*last_rx_ms) > self.spec.rtp_idle_timeout_ms
                 }
-                Some(Media::AudioSocket { last_rx_ms, .. }) => {
-                    now.saturating_sub(*last_rx_ms) > self.spec.audiosocket_read_timeout_ms
+                Some(Media::AudioSocket {
+                    last_rx_ms,
+                    conn,
+                    started,
+                    ..
+                }) => {
+                    let late = now.saturating_sub(*last_rx_ms);
+                    let over = late > self.spec.audiosocket_read_timeout_ms;
+                    if over {
+                        self.stats.read_timeouts += 1;
+                        if let Some(more) = self.log_read_timeout.allow(now) {
+                            let partial = conn.rx().len();
+                            let state = match (*started, partial) {
+                                (false, 0) => "nothing received, not even the UUID",
+                                (false, _) => "a partial first frame, then nothing",
+                                (true, 0) => "no frame since the last one",
+                                (true, _) => "a partial frame, then nothing",
+                            };
+                            tracing::warn!(
+                                shard = self.spec.index,
+                                call = %self.key(slot),
+                                state,
+                                partial_bytes = partial,
+                                silent_ms = late,
+                                read_timeout_ms = self.spec.audiosocket_read_timeout_ms,
+                                not_logged = more,
+                                "AudioSocket read deadline passed (audiosocket.read_timeout_ms); closing that connection"
+                            );
+                        }
+                    }
+                    over
                 }
                 None => continue,
             };

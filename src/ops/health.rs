@@ -615,6 +615,21 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "Calls ended because the peer broke the protocol.",
         &[(&[], st.protocol_errors)],
     );
+    e.counter(
+        "voxd_audiosocket_read_timeouts_total",
+        "AudioSocket connections closed by the read deadline (no complete frame for audiosocket.read_timeout_ms).",
+        &[(&[], st.read_timeouts)],
+    );
+    e.counter(
+        "voxd_audiosocket_ignored_frames_total",
+        "AudioSocket frames of an unknown kind (or peer error frames), ignored.",
+        &[(&[], st.as_ignored_frames)],
+    );
+    e.counter(
+        "voxd_rtp_rate_limited_packets_total",
+        "RTP packets over a call's rate cap (external_media.max_packets_per_second), dropped.",
+        &[(&[], st.rtp_rate_limited)],
+    );
     let idx: Vec<String> = (0..shards.len()).map(|n| n.to_string()).collect();
     let calls: Vec<(Vec<(&str, &str)>, f64)> = shards
         .iter()
@@ -731,6 +746,19 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
                 &[],
                 load(&a.stats.callers).saturating_sub(load(&a.stats.torn_down)) as f64,
             )],
+        );
+        e.counter(
+            "voxd_ari_refused_callers_total",
+            "Callers sent back to the dialplan with VOXD_REFUSED set, by reason.",
+            &[
+                (&[("reason", "max_calls")], load(&a.stats.refused_max_calls)),
+                (&[("reason", "draining")], load(&a.stats.refused_draining)),
+            ],
+        );
+        e.counter(
+            "voxd_ari_bad_events_total",
+            "ARI event frames that could not be parsed (skipped).",
+            &[(&[], load(&a.stats.bad_events))],
         );
     }
     if let Some(a) = &i.audit {
