@@ -195,6 +195,48 @@ fn provider_faults_end_in_the_failure_policy() {
     });
 }
 
+/// A provider message that never completes (a frame header, a few bytes, then
+/// nothing, the socket open): the read deadline (`read_timeout_ms`, pings
+/// unanswered) ends the session, for each protocol; then the failure policy.
+#[test]
+fn a_message_that_never_completes_is_ended_by_the_read_deadline() {
+    runtime().block_on(async {
+        for case in &CASES {
+            let sim = sim(case.protocol, Some(Fault::EndlessMessage)).await;
+            let yaml = yaml(case, &sim.url(), "audiosocket", "")
+                .replace("enabled: true,", "enabled: true, read_timeout_ms: 600,");
+            let rig = start_rig_env(&yaml, emu_cfg(), None, &[(case.key_env, KEY)]).await;
+            let id = rig.emu.place_call(CallSpec::default()).unwrap();
+            until(&format!("{}: caller hung up by voxd", case.name), || {
+                rig.emu.channel_json(&id).is_none() && rig.emu.counters().live_channels == 0
+            })
+            .await;
+            let c = &rig.engine.as_ref().unwrap().control_stats;
+            assert_eq!(
+                c.provider_reconnects.load(Ordering::Relaxed),
+                1,
+                "{}",
+                case.name
+            );
+            assert_eq!(
+                c.failure_policy_applied.load(Ordering::Relaxed),
+                1,
+                "{}",
+                case.name
+            );
+            until_clean(&rig, "nothing left").await;
+            assert_clean(&rig.stop().await);
+            let stats = sim.stop().await;
+            assert_eq!(stats.faults_injected, 2, "{}: {stats:?}", case.name);
+            assert_eq!(
+                stats.connections, 2,
+                "{}: first try and one reconnect",
+                case.name
+            );
+        }
+    });
+}
+
 #[test]
 fn a_wrong_key_is_refused_and_the_caller_not_left_in_silence() {
     runtime().block_on(async {

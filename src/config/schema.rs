@@ -674,6 +674,10 @@ pub struct OpenAiRealtimeConfig {
     pub append_ms: u32,
     /// TCP + TLS + WebSocket handshake limit (ms).
     pub connect_timeout_ms: u32,
+    /// Read deadline (ms): voxd pings every third of it and ends the session
+    /// (failure policy) when nothing at all arrives for this long (a dead path, a
+    /// message that never completes).
+    pub read_timeout_ms: u32,
     /// API key. SECRET: only from env `OPENAI_API_KEY`.
     pub api_key: Secret,
 }
@@ -693,6 +697,7 @@ impl Default for OpenAiRealtimeConfig {
             input_transcription_model: None,
             append_ms: 20,
             connect_timeout_ms: 5000,
+            read_timeout_ms: 30_000,
             api_key: Secret::default(),
         }
     }
@@ -722,6 +727,10 @@ pub struct DeepgramConfig {
     pub keepalive_ms: u32,
     /// TCP + TLS + WebSocket handshake limit (ms).
     pub connect_timeout_ms: u32,
+    /// Read deadline (ms): voxd pings every third of it and ends the session
+    /// (failure policy) when nothing at all arrives for this long (a dead path, a
+    /// message that never completes).
+    pub read_timeout_ms: u32,
     /// API key. SECRET: only from env `DEEPGRAM_API_KEY`.
     pub api_key: Secret,
 }
@@ -739,6 +748,7 @@ impl Default for DeepgramConfig {
             greeting: None,
             keepalive_ms: 8000,
             connect_timeout_ms: 5000,
+            read_timeout_ms: 30_000,
             api_key: Secret::default(),
         }
     }
@@ -756,6 +766,9 @@ pub struct LocalProviderConfig {
     pub chunk_ms: u32,
     /// TCP + WebSocket handshake limit (ms).
     pub connect_timeout_ms: u32,
+    /// Read deadline (ms): voxd pings every third of it and ends the session
+    /// (failure policy) when nothing at all arrives for this long.
+    pub read_timeout_ms: u32,
     /// Optional auth token. SECRET: only from env `LOCAL_AI_AUTH_TOKEN`.
     pub auth_token: Secret,
 }
@@ -767,6 +780,7 @@ impl Default for LocalProviderConfig {
             base_url: "ws://127.0.0.1:8765".to_string(),
             chunk_ms: 320,
             connect_timeout_ms: 5000,
+            read_timeout_ms: 30_000,
             auth_token: Secret::default(),
         }
     }

@@ -407,6 +407,16 @@ pub(crate) fn validate(cfg: &Config) -> Vec<ConfigIssue> {
     ] {
         c.range(key, v.into(), 100, 60_000);
     }
+    for (key, v) in [
+        (
+            "providers.openai_realtime.read_timeout_ms",
+            o.read_timeout_ms,
+        ),
+        ("providers.deepgram.read_timeout_ms", d.read_timeout_ms),
+        ("providers.local.read_timeout_ms", l.read_timeout_ms),
+    ] {
+        c.range(key, v.into(), 300, 600_000);
+    }
     c.range(
         "providers.deepgram.keepalive_ms",
         d.keepalive_ms.into(),
@@ -601,6 +611,9 @@ mod tests {
             }),
             ("external_media.port_range", |c| {
                 c.external_media.port_range = Some("18080".into())
+            }),
+            ("providers.deepgram.read_timeout_ms", |c| {
+                c.providers.deepgram.read_timeout_ms = 299
             }),
             ("external_media.max_packets_per_second", |c| {
                 c.external_media.max_packets_per_second = 49

@@ -268,6 +268,7 @@ pub struct Shard {
     /// Log rate limits: read deadline closures, RTP rate cap.
     log_read_timeout: LogLimit,
     log_rtp_cap: LogLimit,
+    log_rtp_bad: LogLimit,
 }
 
 impl Shard {
@@ -328,6 +329,7 @@ impl Shard {
             stats: ShardStats::default(),
             log_read_timeout: LogLimit::default(),
             log_rtp_cap: LogLimit::default(),
+            log_rtp_bad: LogLimit::default(),
         })
     }
 
@@ -865,6 +867,7 @@ impl Shard {
         if known.is_none() && !self.spec.rtp_allow.allows(from.ip()) {
             self.stats.rtp_dropped += 1;
             self.stats.refused += 1;
+            self.log_rtp_drop(now, "source not in external_media.allowed_remote_hosts");
             return;
         }
         if let Some(slot) = known {
@@ -878,8 +881,14 @@ impl Shard {
                 let start = p.payload.as_ptr() as usize - data.as_ptr() as usize;
                 (p.header.sequence, start..start + p.payload.len())
             }
-            _ => {
+            r => {
                 self.stats.rtp_dropped += 1;
+                let why = match r {
+                    Err(_) => "not valid RTP (truncated, wrong version, bad padding or lengths)",
+                    Ok(p) if p.payload.is_empty() => "no audio payload",
+                    Ok(_) => "wrong payload type",
+                };
+                self.log_rtp_drop(now, why);
                 return;
             }
         };
@@ -928,6 +937,18 @@ impl Shard {
             payload,
         });
         self.flush_outputs(slot);
+    }
+
+    /// A dropped RTP packet's warning, at most one a second per shard.
+    fn log_rtp_drop(&mut self, now: u64, why: &'static str) {
+        if let Some(more) = self.log_rtp_bad.allow(now) {
+            tracing::warn!(
+                shard = self.spec.index,
+                reason = why,
+                not_logged = more,
+                "RTP packet dropped (counted in voxd_rtp_dropped_packets_total)"
+            );
+        }
     }
 
     /// The per-call rate cap (before the packet is parsed): `false` when the packet

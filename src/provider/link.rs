@@ -169,6 +169,63 @@ impl Writer {
     }
 }
 
+/// Read deadline of a provider socket: voxd pings every third of
+/// `read_timeout` and ends the session when nothing at all (no message, no pong)
+/// has arrived for `read_timeout`. A provider that is alive but quiet (no caller
+/// speech) answers the pings; a dead path, or a message that never completes (a
+/// pong cannot arrive inside an unfinished frame), does not.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    timeout: Duration,
+    last_rx: tokio::time::Instant,
+    last_ping: tokio::time::Instant,
+}
+
+/// Default of the providers' `read_timeout_ms`.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Liveness {
+    /// A deadline of `timeout` from now.
+    pub fn new(timeout: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Liveness {
+            timeout: timeout.max(Duration::from_millis(3)),
+            last_rx: now,
+            last_ping: now,
+        }
+    }
+
+    /// Something arrived from the provider (any message, pongs included).
+    pub fn heard(&mut self) {
+        self.last_rx = tokio::time::Instant::now();
+    }
+
+    /// When [`Liveness::due`] must be called next (a `sleep_until` branch).
+    pub fn next_at(&self) -> tokio::time::Instant {
+        (self.last_rx + self.timeout).min(self.last_ping + self.timeout / 3)
+    }
+
+    /// At [`Liveness::next_at`]: `Ok(true)` when a ping should go out now, or the
+    /// timeout error of provider `name` when the deadline has passed.
+    pub fn due(&mut self, name: &str) -> Result<bool, ProviderError> {
+        let now = tokio::time::Instant::now();
+        if now >= self.last_rx + self.timeout {
+            return Err(ProviderError::Timeout {
+                name: name.to_string(),
+                what: format!(
+                    "any data from the provider (read_timeout_ms: {} ms, pings unanswered)",
+                    self.timeout.as_millis()
+                ),
+            });
+        }
+        if now >= self.last_ping + self.timeout / 3 {
+            self.last_ping = now;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
 /// Caller audio kept until the provider may receive it (before Deepgram's
 /// `SettingsApplied`, before the local server's `auth_response`), bounded in bytes:
 /// when full, the oldest frames are dropped (and counted by the caller of

@@ -610,6 +610,20 @@ impl Conn {
         match fault {
             Fault::CloseMidResponse => Ok(Flow::End), // dropped: no close frame
             Fault::Stall | Fault::SlowRead => Ok(Flow::Continue),
+            Fault::EndlessMessage => {
+                // Whatever tungstenite holds goes out first, then, beneath it, an
+                // unmasked text frame header announcing 1 MiB and 16 bytes of it.
+                // Nothing else is ever sent (pongs tungstenite queues while the
+                // socket is still read would land inside that frame's payload).
+                self.ws.flush().await.map_err(|_| Gone)?;
+                let mut raw = vec![0x81u8, 127];
+                raw.extend_from_slice(&(1u64 << 20).to_be_bytes());
+                raw.extend_from_slice(b"{\"type\":\"respon");
+                use tokio::io::AsyncWriteExt;
+                self.ws.get_mut().write_all(&raw).await.map_err(|_| Gone)?;
+                self.stalled = true;
+                Ok(Flow::Continue)
+            }
             Fault::MalformedJson => {
                 let text = format!(
                     "{{\"type\":\"{}\",\"{}\":\"AAAA",

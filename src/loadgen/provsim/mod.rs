@@ -98,6 +98,10 @@ pub enum Fault {
     },
     /// Stop reading the socket, so the client's writes back up.
     SlowRead,
+    /// Start a text message that never completes: the header of a 1 MiB frame
+    /// and a few bytes of it, then nothing more (the socket stays open and is
+    /// still read). Timed like the reply faults.
+    EndlessMessage,
 }
 
 impl Fault {
@@ -120,6 +124,7 @@ impl Fault {
             Fault::ErrorEvent { fatal: false } => "error",
             Fault::ErrorEvent { fatal: true } => "fatal_error",
             Fault::SlowRead => "slow_read",
+            Fault::EndlessMessage => "endless_message",
         }
     }
 }
@@ -137,11 +142,12 @@ impl std::str::FromStr for Fault {
             Fault::ErrorEvent { fatal: false },
             Fault::ErrorEvent { fatal: true },
             Fault::SlowRead,
+            Fault::EndlessMessage,
         ]
         .into_iter()
         .find(|f| f.as_str() == s)
         .ok_or_else(|| {
-            format!("unknown fault `{s}` (close_mid_response, stall, malformed_json, oversize, error, fatal_error, slow_read)")
+            format!("unknown fault `{s}` (close_mid_response, stall, malformed_json, oversize, error, fatal_error, slow_read, endless_message)")
         })
     }
 }
@@ -367,6 +373,7 @@ mod tests {
             Fault::ErrorEvent { fatal: false },
             Fault::ErrorEvent { fatal: true },
             Fault::SlowRead,
+            Fault::EndlessMessage,
         ] {
             assert_eq!(f.as_str().parse::<Fault>(), Ok(f));
         }

@@ -59,6 +59,8 @@ pub struct DgConfig {
     /// Limit for the connect, and again for each of `Welcome` and
     /// `SettingsApplied`.
     pub connect_timeout: Duration,
+    /// Read deadline of the socket (`read_timeout_ms`; see `link::Liveness`).
+    pub read_timeout: Duration,
     /// `agents:` of the configuration.
     pub agents: BTreeMap<String, AgentConfig>,
     /// A live session whose writes make no progress this long ends
@@ -87,6 +89,7 @@ impl DgConfig {
             greeting: d.greeting.clone(),
             keepalive: Duration::from_millis(u64::from(d.keepalive_ms.max(1))),
             connect_timeout: Duration::from_millis(u64::from(d.connect_timeout_ms.max(1))),
+            read_timeout: Duration::from_millis(u64::from(d.read_timeout_ms.max(1))),
             agents: cfg.agents.clone(),
             write_stall: WRITE_STALL_LIMIT,
         }

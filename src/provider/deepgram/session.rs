@@ -57,7 +57,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::messages::{self, ServerMsg};
 use super::{DeepgramStats, DgConfig, NAME};
-use crate::provider::link::{clip, incoming, ws_error, HoldBuffer, Incoming, Writer, MAX_QUEUED};
+use crate::provider::link::{
+    clip, incoming, ws_error, HoldBuffer, Incoming, Liveness, Writer, MAX_QUEUED,
+};
 use crate::provider::net::{self, WsStream};
 use crate::provider::{
     AgentEvent, CallerEvent, EndReason, ProviderError, Role, SessionEnd, SessionIo, SessionMeta,
@@ -129,6 +131,7 @@ pub async fn run(
     };
     let (sink, stream) = ws.split();
     let now = Instant::now();
+    let cfg_read_timeout = cfg.read_timeout;
     let mut s = Session {
         deadline: now + cfg.connect_timeout,
         cfg,
@@ -139,6 +142,7 @@ pub async fn run(
         stream,
         held,
         phase: Phase::Welcome,
+        live: Liveness::new(cfg_read_timeout),
         last_sent: now,
         playing_until: None,
         dropping: false,
@@ -214,6 +218,8 @@ struct Session {
     writer: Writer,
     held: HoldBuffer,
     phase: Phase,
+    /// Read deadline of the socket (pings, `read_timeout_ms`).
+    live: Liveness,
     /// End of the current handshake step.
     deadline: Instant,
     /// When audio (or a `KeepAlive`) last went to Deepgram.
@@ -243,8 +249,10 @@ impl Session {
                 Some(since) => since + self.cfg.write_stall,
                 None => self.last_sent + self.cfg.keepalive,
             };
+            let live_at = self.live.next_at();
             let step = tokio::select! {
                 msg = self.stream.next() => self.on_socket(msg).await,
+                () = sleep_until(live_at) => self.on_live().await,
                 r = self.writer.drive(), if self.writer.busy() => {
                     r.map_err(|e| SessionEnd::failed(ws_error(NAME, &e)))
                 }
@@ -343,7 +351,23 @@ impl Session {
         }
     }
 
+    /// The read deadline's timer: a ping, or the end of a provider that went
+    /// silent (no message, no pong) for `read_timeout_ms`.
+    async fn on_live(&mut self) -> Step {
+        match self.live.due(NAME) {
+            Ok(true) => self.send(Message::Ping(Vec::new())).await,
+            Ok(false) => Ok(()),
+            Err(e) => {
+                tracing::warn!(call_id = self.meta.call_id, error = %e, "provider read deadline passed; ending the session");
+                Err(SessionEnd::failed(e))
+            }
+        }
+    }
+
     async fn on_socket(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
+        if matches!(msg, Some(Ok(_))) {
+            self.live.heard();
+        }
         match incoming(NAME, msg, &mut self.writer).map_err(SessionEnd::failed)? {
             Incoming::Text(text) => self.on_text(&text).await,
             Incoming::Binary(audio) => self.on_audio(audio).await,

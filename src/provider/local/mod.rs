@@ -54,6 +54,8 @@ pub struct LocalConfig {
     pub chunk_bytes: usize,
     /// Limit for the connect, and again for the `auth_response`.
     pub connect_timeout: Duration,
+    /// Read deadline of the socket (`read_timeout_ms`; see `link::Liveness`).
+    pub read_timeout: Duration,
     /// `agents:` of the configuration (prompt and greeting per call).
     pub agents: BTreeMap<String, AgentConfig>,
     /// A session whose writes make no progress this long ends.
@@ -69,6 +71,7 @@ impl LocalConfig {
             auth_token: l.auth_token.clone(),
             chunk_bytes: l.chunk_ms as usize * SLIN16_BYTES_PER_MS,
             connect_timeout: Duration::from_millis(u64::from(l.connect_timeout_ms.max(1))),
+            read_timeout: Duration::from_millis(u64::from(l.read_timeout_ms.max(1))),
             agents: cfg.agents.clone(),
             write_stall: super::deepgram::WRITE_STALL_LIMIT,
         }

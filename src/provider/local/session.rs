@@ -55,7 +55,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::convert::{OutputConverter, SourceFormat};
 use super::messages::{self, ServerMsg, TtsMeta};
 use super::{LocalConfig, LocalStats, NAME};
-use crate::provider::link::{clip, incoming, ws_error, HoldBuffer, Incoming, Writer, MAX_QUEUED};
+use crate::provider::link::{
+    clip, incoming, ws_error, HoldBuffer, Incoming, Liveness, Writer, MAX_QUEUED,
+};
 use crate::provider::net::{self, WsStream};
 use crate::provider::{
     AgentEvent, CallerEvent, EndReason, ProviderError, Role, SessionEnd, SessionIo, SessionMeta,
@@ -131,6 +133,7 @@ pub async fn run(
         batch: Vec::with_capacity(cfg.chunk_bytes),
         batch_since: None,
         deadline: Instant::now() + cfg.connect_timeout,
+        live: Liveness::new(cfg.read_timeout),
         cfg,
         stats,
         meta,
@@ -215,6 +218,8 @@ struct Session {
     writer: Writer,
     held: HoldBuffer,
     phase: Phase,
+    /// Read deadline of the socket (pings, `read_timeout_ms`).
+    live: Liveness,
     /// End of the wait for `auth_response`.
     deadline: Instant,
     /// Caller audio not yet sent (less than one chunk once sent out).
@@ -297,8 +302,10 @@ impl Session {
                 Some(self.deadline)
             };
             let far = Instant::now() + Duration::from_secs(3600);
+            let live_at = self.live.next_at();
             let step = tokio::select! {
                 msg = self.stream.next() => self.on_socket(msg).await,
+                () = sleep_until(live_at) => self.on_live().await,
                 r = self.writer.drive(), if self.writer.busy() => {
                     r.map_err(|e| SessionEnd::failed(ws_error(NAME, &e)))
                 }
@@ -408,7 +415,23 @@ impl Session {
         }
     }
 
+    /// The read deadline's timer: a ping, or the end of a provider that went
+    /// silent (no message, no pong) for `read_timeout_ms`.
+    async fn on_live(&mut self) -> Step {
+        match self.live.due(NAME) {
+            Ok(true) => self.send(Message::Ping(Vec::new())).await,
+            Ok(false) => Ok(()),
+            Err(e) => {
+                tracing::warn!(call_id = self.meta.call_id, error = %e, "provider read deadline passed; ending the session");
+                Err(SessionEnd::failed(e))
+            }
+        }
+    }
+
     async fn on_socket(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
+        if matches!(msg, Some(Ok(_))) {
+            self.live.heard();
+        }
         match incoming(NAME, msg, &mut self.writer).map_err(SessionEnd::failed)? {
             Incoming::Text(text) => self.on_text(&text).await,
             Incoming::Binary(audio) => self.on_binary(audio).await,

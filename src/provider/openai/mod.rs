@@ -70,6 +70,8 @@ struct Settings {
     turn_detection: TurnDetectionConfig,
     append_ms: u32,
     connect_timeout: Duration,
+    /// Read deadline of the socket (`read_timeout_ms`; see `link::Liveness`).
+    read_timeout: Duration,
     /// Only ever read to build the `Authorization` header.
     api_key: Secret,
     agents: BTreeMap<String, AgentConfig>,
@@ -251,6 +253,7 @@ impl OpenAiProvider {
             turn_detection: o.turn_detection.clone(),
             append_ms: o.append_ms.max(20),
             connect_timeout: Duration::from_millis(u64::from(o.connect_timeout_ms.max(1))),
+            read_timeout: Duration::from_millis(u64::from(o.read_timeout_ms.max(1))),
             api_key: o.api_key.clone(),
             agents: cfg.agents.clone(),
             input_transcription: None,

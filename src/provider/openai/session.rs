@@ -50,6 +50,7 @@ use super::turn::Turn;
 use super::{bytes_per_ms, codec_of, OpenAiStats, Settings, NAME};
 use crate::media::slab::FrameSlab;
 use crate::ops::latency::Stage;
+use crate::provider::link::Liveness;
 use crate::provider::net::{self, WsStream};
 use crate::provider::{
     AgentEvent, CallerEvent, EndReason, ProviderError, Role, SessionEnd, SessionIo, SessionMeta,
@@ -220,6 +221,8 @@ enum Wake {
     Flushed(Result<(), WsError>),
     /// A caller event, or `None` when the glue dropped the channel.
     Caller(Option<CallerEvent>),
+    /// The read deadline's timer (ping, or nothing heard for too long).
+    Live,
 }
 
 /// Outcome of handling one input inside the loop.
@@ -580,6 +583,7 @@ impl Session<'_> {
     ) -> SessionEnd {
         // The opening is queued but not flushed yet.
         let mut need_flush = true;
+        let mut live = Liveness::new(self.s.read_timeout);
         loop {
             let wake = {
                 let net = poll_fn(|cx| {
@@ -593,8 +597,12 @@ impl Session<'_> {
                 tokio::select! {
                     w = net => w,
                     ev = events.recv(), if !need_flush => Wake::Caller(ev),
+                    () = tokio::time::sleep_until(live.next_at()) => Wake::Live,
                 }
             };
+            if matches!(wake, Wake::Net(Some(Ok(_)))) {
+                live.heard();
+            }
             let step = match wake {
                 Wake::Flushed(Ok(())) => {
                     need_flush = false;
@@ -613,6 +621,20 @@ impl Session<'_> {
                     return SessionEnd::failed(closed_by_server(f.as_ref(), "mid-call"));
                 }
                 Wake::Net(Some(Ok(msg))) => self.on_message(msg).await,
+                Wake::Live => match live.due(NAME) {
+                    Ok(true) => match ws.feed(Message::Ping(Vec::new())).await {
+                        Ok(()) => {
+                            need_flush = true;
+                            Ok(())
+                        }
+                        Err(e) => Err(SessionEnd::failed(lost(&e))),
+                    },
+                    Ok(false) => Ok(()),
+                    Err(e) => {
+                        tracing::warn!(call_id = self.call_id, error = %e, "provider read deadline passed; ending the session");
+                        Err(SessionEnd::failed(e))
+                    }
+                },
                 Wake::Caller(None) => Err(SessionEnd::new(EndReason::ChannelClosed)),
                 Wake::Caller(Some(ev)) => match self.on_caller(ws, ev).await {
                     Ok(sent) => {
