@@ -976,6 +976,61 @@ fn max_calls_refuses_the_third_connection_and_keeps_the_first_two() {
     assert!(t.refused >= 1);
 }
 
+/// Connections that have not sent their UUID hold no call slot: with
+/// `max_calls: 2`, two silent connections leave room for two real calls; the
+/// table of waiting connections is bounded (as many as free slots plus
+/// `max_calls`), so a fifth connection is refused with a hangup frame; the read
+/// deadline then closes the silent ones, and the calls keep echoing exactly.
+#[test]
+fn connections_waiting_for_their_uuid_take_no_call_slot_and_are_bounded() {
+    let mut h = Harness::start(ECHO_YAML, |c| {
+        c.engine.shards = 1;
+        c.limits.max_calls = 2;
+        c.audiosocket.read_timeout_ms = 4000;
+    });
+    let addr = h.as_addr();
+    let mut silent: Vec<AsClient> = (0..2).map(|_| AsClient::connect(addr)).collect();
+    for s in &mut silent {
+        assert!(
+            s.open_after(Duration::from_millis(100)),
+            "a silent connection is kept until its deadline"
+        );
+    }
+    let mut a = AsClient::call(addr, uuid(11));
+    let mut b = AsClient::call(addr, uuid(12));
+    let s = signal(16 * 300, 1101);
+    assert_exact(
+        &a.echo_round(0x12, &s),
+        &s,
+        "call 1 beside two silent connections",
+    );
+    assert_exact(
+        &b.echo_round(0x12, &s),
+        &s,
+        "call 2 beside two silent connections",
+    );
+
+    let mut fifth = AsClient::connect(addr);
+    assert!(
+        fifth.eof_within(CLOSE_LIMIT),
+        "the fifth connection is closed"
+    );
+    assert_eq!(fifth.kinds, [0x00], "a hangup frame, then the close");
+    for s in &mut silent {
+        assert!(s.eof_within(CLOSE_LIMIT), "silent: closed by the deadline");
+        assert_eq!(s.kinds, [0x00], "silent: a hangup frame, then the close");
+    }
+    let s = signal(16 * 300, 1102);
+    assert_exact(&a.echo_round(0x12, &s), &s, "call 1 after");
+    assert_exact(&b.echo_round(0x12, &s), &s, "call 2 after");
+    let stats = h.stop();
+    let t = totals(&stats);
+    assert_eq!(t.started, 2, "only the two real connections became calls");
+    assert_eq!(t.refused, 1, "the fifth connection was refused");
+    let timeouts: u64 = stats.iter().map(|s| s.read_timeouts).sum();
+    assert_eq!(timeouts, 2, "the silent ones were closed by the deadline");
+}
+
 // ---- 9. sim agent -----------------------------------------------------------------
 
 const SIM_YAML: &str = "

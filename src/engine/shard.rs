@@ -36,7 +36,15 @@ use crate::media::rtp::{self, RtpSender, SeqExtender};
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_UDP: u64 = 2;
-const TOKEN_CONN_BASE: u64 = 16;
+/// Tokens of AudioSocket connections: `TOKEN_AS_BASE + index` in `Shard::conns`.
+/// A connection keeps its token (one poll registration) from accept to close,
+/// through the UUID that makes it a call: registering it anew at that moment, while
+/// the first poll of a socket that already holds data may still be in flight, can
+/// leave that poll armed after the close under io_uring (no FIN is ever sent).
+const TOKEN_AS_BASE: u64 = 16;
+/// How often connections waiting for their UUID are checked against the read
+/// deadline (ms).
+const PENDING_SWEEP_MS: u64 = 50;
 /// Outbound bytes a stalled AudioSocket peer may leave unread before its call ends.
 const MAX_TX_BACKLOG: usize = 64 * 1024;
 /// Report played agent audio to the control side every this many ms.
@@ -204,6 +212,10 @@ enum Media {
         started: bool,
         writable_armed: bool,
         last_rx_ms: u64,
+        /// Index in `Shard::conns` (the poll token is `TOKEN_AS_BASE + conn_index`).
+        conn_index: u32,
+        /// Frames of a kind voxd ignores, on this connection (the first is logged).
+        ignored_frames: u64,
     },
     Rtp {
         peer: SocketAddr,
@@ -217,6 +229,25 @@ enum Media {
 struct Slot {
     generation: u16,
     live: Option<Live>,
+}
+
+/// An AudioSocket connection that has not sent its UUID yet. It holds no call
+/// slot and no `Call` (only the socket and its frame decoder, a few KiB), so
+/// connections that never say who they are cost little and cannot take the slots
+/// of real calls; the read deadline closes them.
+struct Pending {
+    stream: TcpStream,
+    conn: AsConn,
+    accepted_ms: u64,
+}
+
+/// One entry of the shard's AudioSocket connection table.
+enum ConnEntry {
+    Free,
+    /// Waiting for its UUID.
+    Waiting(Pending),
+    /// Promoted to the call in this slot (the socket lives in its `Media`).
+    Call(u32),
 }
 
 struct Live {
@@ -265,10 +296,22 @@ pub struct Shard {
     /// Scratch for one outbound RTP packet.
     rtp_out: Box<[u8]>,
     stats: ShardStats,
-    /// Log rate limits: read deadline closures, RTP rate cap.
+    /// Log rate limits (one line a second per shard and kind): read deadline
+    /// closures, RTP rate cap, bad RTP, AudioSocket protocol errors, refusals,
+    /// ignored frames.
     log_read_timeout: LogLimit,
     log_rtp_cap: LogLimit,
     log_rtp_bad: LogLimit,
+    log_protocol: LogLimit,
+    log_refused: LogLimit,
+    log_ignored: LogLimit,
+    /// AudioSocket connections (a slab with room for as many calls plus as many
+    /// connections waiting for their UUID; the index is the poll token).
+    conns: Vec<ConnEntry>,
+    conns_free: Vec<u32>,
+    /// Entries of `conns` that are `Waiting`.
+    waiting: usize,
+    next_pending_sweep: u64,
 }
 
 impl Shard {
@@ -330,6 +373,13 @@ impl Shard {
             log_read_timeout: LogLimit::default(),
             log_rtp_cap: LogLimit::default(),
             log_rtp_bad: LogLimit::default(),
+            log_protocol: LogLimit::default(),
+            log_refused: LogLimit::default(),
+            log_ignored: LogLimit::default(),
+            conns: (0..2 * n).map(|_| ConnEntry::Free).collect(),
+            conns_free: (0..2 * n as u32).rev().collect(),
+            waiting: 0,
+            next_pending_sweep: 0,
         })
     }
 
@@ -371,6 +421,7 @@ impl Shard {
                 }
             }
         }
+        let audiosocket = audiosocket + self.waiting as u64;
         super::published::ShardSnapshot {
             stats,
             active_calls: active,
@@ -433,6 +484,9 @@ impl Shard {
         for slot in 0..self.slots.len() as u32 {
             self.end_call(slot, EndReason::Shutdown);
         }
+        for p in 0..self.conns.len() as u32 {
+            self.close_pending(p);
+        }
         self.flush_udp();
         self.bridge.notify_control();
         published.publish(usize::from(self.spec.index), &self.snapshot(0.0));
@@ -462,12 +516,20 @@ impl Shard {
                 TOKEN_LISTENER => self.accept_all(now),
                 TOKEN_UDP => self.udp_pending = true,
                 t => {
-                    let slot = (t - TOKEN_CONN_BASE) as u32;
-                    if ev.writable {
-                        self.flush_tcp(slot);
-                    }
-                    if ev.readable || ev.hup || ev.error {
-                        self.read_tcp(slot, now, ev.hup || ev.error);
+                    let p = t.wrapping_sub(TOKEN_AS_BASE) as u32;
+                    match self.conns.get(p as usize) {
+                        Some(ConnEntry::Waiting(_)) if ev.readable || ev.hup || ev.error => {
+                            self.read_pending(p, now);
+                        }
+                        Some(&ConnEntry::Call(slot)) => {
+                            if ev.writable {
+                                self.flush_tcp(slot);
+                            }
+                            if ev.readable || ev.hup || ev.error {
+                                self.read_tcp(slot, now, ev.hup || ev.error);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -476,6 +538,10 @@ impl Shard {
         self.read_udp(now);
         self.drain_bridge(now);
         self.expire_timers(now);
+        if now >= self.next_pending_sweep {
+            self.next_pending_sweep = now + PENDING_SWEEP_MS;
+            self.sweep_pending(now);
+        }
         self.flush_udp();
         self.bridge.notify_control();
         Ok(())
@@ -538,8 +604,14 @@ impl Shard {
         s.generation = s.generation.wrapping_add(1);
         match live.media {
             Media::AudioSocket {
-                stream, conn, tx, ..
+                stream,
+                conn,
+                tx,
+                conn_index,
+                ..
             } => {
+                self.conns[conn_index as usize] = ConnEntry::Free;
+                self.conns_free.push(conn_index);
                 if reason == EndReason::IdleTimeout && tx.is_empty() {
                     // Tell Asterisk before the close (never mid-frame: tx is empty).
                     let _ = (&stream).write(&AS_HANGUP);
@@ -610,7 +682,9 @@ impl Shard {
     fn accepted(&mut self, stream: TcpStream, peer: SocketAddr, now: u64) {
         if !self.spec.audiosocket_allow.allows(peer.ip()) {
             self.stats.refused += 1;
-            tracing::warn!(shard = self.spec.index, "AudioSocket connection from a source not in audiosocket.allowed_remote_hosts refused");
+            if let Some(more) = self.log_refused.allow(now) {
+                tracing::warn!(shard = self.spec.index, %peer, not_logged = more, "AudioSocket connection from a source not in audiosocket.allowed_remote_hosts refused (counted in voxd_refused_calls_total)");
+            }
             return;
         }
         if stream.set_nonblocking(true).is_err() {
@@ -623,16 +697,153 @@ impl Shard {
             // A hangup frame first (3 bytes into a fresh socket: never blocks), so
             // Asterisk ends the channel cleanly; then the close.
             let _ = (&stream).write(&AS_HANGUP);
-            tracing::warn!(
-                shard = self.spec.index,
-                reason = if draining { "draining" } else { "max_calls" },
-                max_calls = self.slots.len(),
-                "AudioSocket connection refused: shard at max_calls (limits.max_calls), or draining; hangup frame sent"
+            self.log_refusal(
+                now,
+                if draining {
+                    "draining"
+                } else {
+                    "max_calls (limits.max_calls)"
+                },
             );
             return;
         }
+        let Some(p) = self.conns_free.pop() else {
+            // As many connections may wait for their UUID as the shard has call slots.
+            self.stats.refused += 1;
+            let _ = (&stream).write(&AS_HANGUP);
+            self.log_refusal(
+                now,
+                "too many connections waiting for their UUID (as many as free call slots plus max_calls)",
+            );
+            return;
+        };
         let fd = stream.as_raw_fd();
-        let conn = AsConn::new(self.spec.audiosocket_codec, self.spec.max_frame_bytes);
+        if self
+            .backend
+            .register(fd, TOKEN_AS_BASE + u64::from(p), Interest::READABLE)
+            .is_err()
+        {
+            self.conns_free.push(p);
+            return;
+        }
+        self.conns[p as usize] = ConnEntry::Waiting(Pending {
+            stream,
+            conn: AsConn::new(self.spec.audiosocket_codec, self.spec.max_frame_bytes),
+            accepted_ms: now,
+        });
+        self.waiting += 1;
+        // The connection may already hold bytes (edge-triggered: read now).
+        self.read_pending(p, now);
+    }
+
+    /// Reads a connection that waits for its UUID: one buffer at a time, decoding
+    /// after each read, so a connection holds at most one read's worth of bytes
+    /// before it is a call. The UUID frame turns it into a call (which then reads
+    /// the rest of the socket); a protocol error or EOF closes it.
+    fn read_pending(&mut self, p: u32, now: u64) {
+        loop {
+            let ConnEntry::Waiting(pc) = &mut self.conns[p as usize] else {
+                return;
+            };
+            let eof = match pc.stream.read(&mut self.read_buf) {
+                Ok(0) => true,
+                Ok(n) => {
+                    self.stats.as_rx_bytes += n as u64;
+                    pc.conn.rx().extend_from_slice(&self.read_buf[..n]);
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => true,
+            };
+            match pc.conn.poll_event() {
+                Ok(None) if eof => {
+                    self.close_pending(p);
+                    return;
+                }
+                Ok(None) => {}
+                Ok(Some(AsEvent::Uuid(uuid))) => {
+                    if let Some(slot) = self.promote(p, uuid, now) {
+                        // The call reads what the socket still holds (edge-triggered).
+                        self.read_tcp(slot, now, true);
+                    }
+                    return;
+                }
+                // Not reached: `AsConn` refuses any other first frame.
+                Ok(Some(_)) => {
+                    self.close_pending(p);
+                    return;
+                }
+                Err(e) => {
+                    self.stats.protocol_errors += 1;
+                    self.log_protocol_error(now, &e);
+                    self.close_pending(p);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A protocol error's warning (the connection is closed by the caller), at most
+    /// one line a second per shard; the line says how many were not logged.
+    fn log_protocol_error(&mut self, now: u64, e: &super::asconn::AsConnError) {
+        if let Some(more) = self.log_protocol.allow(now) {
+            tracing::warn!(
+                shard = self.spec.index,
+                error = %e,
+                kind = e.label(),
+                not_logged = more,
+                "AudioSocket protocol error; closing that connection (counted in voxd_protocol_errors_total)"
+            );
+        }
+    }
+
+    /// A refused AudioSocket connection's warning, at most one line a second per
+    /// shard.
+    fn log_refusal(&mut self, now: u64, reason: &'static str) {
+        if let Some(more) = self.log_refused.allow(now) {
+            tracing::warn!(
+                shard = self.spec.index,
+                reason,
+                max_calls = self.slots.len(),
+                waiting = self.waiting,
+                not_logged = more,
+                "AudioSocket connection refused (counted in voxd_refused_calls_total); hangup frame sent"
+            );
+        }
+    }
+
+    /// The UUID arrived: the connection becomes a call (or is refused with a
+    /// hangup frame when the shard is at `max_calls` or draining). Returns the
+    /// call's slot while the call is still up after the frames that came with the
+    /// UUID.
+    fn promote(&mut self, p: u32, uuid: [u8; 16], now: u64) -> Option<u32> {
+        if !matches!(self.conns[p as usize], ConnEntry::Waiting(_)) {
+            return None;
+        }
+        let ConnEntry::Waiting(Pending { stream, conn, .. }) =
+            std::mem::replace(&mut self.conns[p as usize], ConnEntry::Free)
+        else {
+            return None;
+        };
+        self.waiting -= 1;
+        let fd = stream.as_raw_fd();
+        let draining = self.life.as_ref().is_some_and(|l| l.is_draining());
+        if self.free.is_empty() || draining {
+            self.conns_free.push(p);
+            self.stats.refused += 1;
+            let _ = self.backend.deregister(fd);
+            let _ = (&stream).write(&AS_HANGUP);
+            self.log_refusal(
+                now,
+                if draining {
+                    "draining"
+                } else {
+                    "max_calls (limits.max_calls)"
+                },
+            );
+            return None;
+        }
         let media = Media::AudioSocket {
             stream,
             conn,
@@ -640,27 +851,79 @@ impl Shard {
             started: false,
             writable_armed: false,
             last_rx_ms: now,
+            conn_index: p,
+            ignored_frames: 0,
         };
         let Some(slot) = self.new_call(self.spec.audiosocket_codec, media, now) else {
-            self.stats.refused += 1;
-            tracing::warn!(
-                shard = self.spec.index,
-                "AudioSocket connection refused: shard at max_calls, or draining"
-            );
-            return;
+            // Not reached (checked above). The socket went with the media: cancel
+            // its poll so the close completes (see `engine::io`).
+            let _ = self.backend.deregister(fd);
+            self.conns_free.push(p);
+            return None;
         };
-        if self
-            .backend
-            .register(fd, TOKEN_CONN_BASE + u64::from(slot), Interest::READABLE)
-            .is_err()
-        {
-            self.end_call(slot, EndReason::ProtocolError);
+        // The socket keeps its registration (token `TOKEN_AS_BASE + p`): its events
+        // now reach the call.
+        self.conns[p as usize] = ConnEntry::Call(slot);
+        self.on_uuid(slot, uuid);
+        // Frames that came with the UUID.
+        self.handle_as_events(slot, now);
+        let s = &self.slots[slot as usize];
+        match s.live.as_ref().map(|l| &l.media) {
+            Some(Media::AudioSocket { conn_index, .. }) if *conn_index == p => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// Close a connection that never sent its UUID.
+    fn close_pending(&mut self, p: u32) {
+        if !matches!(self.conns[p as usize], ConnEntry::Waiting(_)) {
             return;
         }
-        // Arm the pacing timer (it also enforces the read timeout before the UUID).
-        self.flush_outputs(slot);
-        // The connection may already hold bytes (edge-triggered: read now).
-        self.read_tcp(slot, now, true);
+        if let ConnEntry::Waiting(pc) =
+            std::mem::replace(&mut self.conns[p as usize], ConnEntry::Free)
+        {
+            let _ = self.backend.deregister(pc.stream.as_raw_fd());
+            self.conns_free.push(p);
+            self.waiting -= 1;
+        }
+    }
+
+    /// The read deadline of connections waiting for their UUID: past it, a hangup
+    /// frame, the close, the counter, and a rate-limited log line.
+    fn sweep_pending(&mut self, now: u64) {
+        if self.waiting == 0 {
+            return;
+        }
+        let limit = self.spec.audiosocket_read_timeout_ms;
+        for p in 0..self.conns.len() as u32 {
+            let ConnEntry::Waiting(pc) = &mut self.conns[p as usize] else {
+                continue;
+            };
+            let silent_ms = now.saturating_sub(pc.accepted_ms);
+            if silent_ms <= limit {
+                continue;
+            }
+            let partial = pc.conn.rx().len();
+            let _ = (&pc.stream).write(&AS_HANGUP);
+            self.stats.read_timeouts += 1;
+            if let Some(more) = self.log_read_timeout.allow(now) {
+                let state = if partial == 0 {
+                    "nothing received, not even the UUID"
+                } else {
+                    "a partial first frame, then nothing"
+                };
+                tracing::warn!(
+                    shard = self.spec.index,
+                    state,
+                    partial_bytes = partial,
+                    silent_ms,
+                    read_timeout_ms = limit,
+                    not_logged = more,
+                    "AudioSocket read deadline passed (audiosocket.read_timeout_ms); closing that connection"
+                );
+            }
+            self.close_pending(p);
+        }
     }
 
     /// Reads what the connection holds. `to_end`: read until `WouldBlock` or EOF
@@ -713,9 +976,8 @@ impl Shard {
             };
             let Media::AudioSocket {
                 conn,
-                stream,
-                started,
                 last_rx_ms,
+                ignored_frames,
                 ..
             } = &mut live.media
             else {
@@ -728,26 +990,13 @@ impl Shard {
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!(shard = self.spec.index, error = %e, kind = e.label(), "AudioSocket protocol error; closing that connection");
+                    self.log_protocol_error(now, &e);
                     self.end_call(slot, EndReason::ProtocolError);
                     return;
                 }
             };
             match ev {
-                AsEvent::Uuid(uuid) => {
-                    *started = true;
-                    let remote = stream
-                        .peer_addr()
-                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    if let Some(old) = self.by_uuid.insert(uuid, slot) {
-                        if old != slot {
-                            self.end_call(old, EndReason::Replaced);
-                            self.by_uuid.insert(uuid, slot);
-                        }
-                    }
-                    self.started(slot, Some(uuid), remote);
-                    self.flush_outputs(slot);
-                }
+                AsEvent::Uuid(uuid) => self.on_uuid(slot, uuid),
                 AsEvent::Audio(payload) => {
                     if let Err(e) = live.call.handle_input(Input::CallerAudio {
                         at_ms: now,
@@ -767,9 +1016,54 @@ impl Shard {
                     self.end_call(slot, EndReason::CallerHangup);
                     return;
                 }
-                AsEvent::Unknown(_) | AsEvent::PeerError(_) => self.stats.as_ignored_frames += 1,
+                AsEvent::Unknown(_) | AsEvent::PeerError(_) => {
+                    self.stats.as_ignored_frames += 1;
+                    *ignored_frames += 1;
+                    if *ignored_frames == 1 {
+                        let what = match ev {
+                            AsEvent::Unknown(k) => format!("unknown kind 0x{k:02x}"),
+                            _ => "error kind 0xff".to_string(),
+                        };
+                        if let Some(more) = self.log_ignored.allow(now) {
+                            let call = self.key(slot);
+                            tracing::warn!(
+                                shard = self.spec.index,
+                                %call,
+                                frame = %what,
+                                not_logged = more,
+                                "AudioSocket frame ignored (first on this call; counted in voxd_audiosocket_ignored_frames_total)"
+                            );
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// A call's UUID arrived: mark it started, take over an older connection with
+    /// the same UUID, tell the control side, and arm the pacing timer.
+    fn on_uuid(&mut self, slot: u32, uuid: [u8; 16]) {
+        let Some(Live {
+            media: Media::AudioSocket {
+                stream, started, ..
+            },
+            ..
+        }) = self.slots[slot as usize].live.as_mut()
+        else {
+            return;
+        };
+        *started = true;
+        let remote = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if let Some(old) = self.by_uuid.insert(uuid, slot) {
+            if old != slot {
+                self.end_call(old, EndReason::Replaced);
+                self.by_uuid.insert(uuid, slot);
+            }
+        }
+        self.started(slot, Some(uuid), remote);
+        self.flush_outputs(slot);
     }
 
     fn flush_tcp(&mut self, slot: u32) {
@@ -782,6 +1076,7 @@ impl Shard {
                 stream,
                 tx,
                 writable_armed,
+                conn_index,
                 ..
             } = &mut live.media
             else {
@@ -814,7 +1109,7 @@ impl Shard {
                 };
                 let _ = self.backend.reregister(
                     stream.as_raw_fd(),
-                    TOKEN_CONN_BASE + u64::from(slot),
+                    TOKEN_AS_BASE + u64::from(*conn_index),
                     interest,
                 );
                 *writable_armed = want_write;
@@ -1098,10 +1393,7 @@ impl Shard {
                     now.saturating_sub(*last_rx_ms) > self.spec.rtp_idle_timeout_ms
                 }
                 Some(Media::AudioSocket {
-                    last_rx_ms,
-                    conn,
-                    started,
-                    ..
+                    last_rx_ms, conn, ..
                 }) => {
                     let late = now.saturating_sub(*last_rx_ms);
                     let over = late > self.spec.audiosocket_read_timeout_ms;
@@ -1109,11 +1401,11 @@ impl Shard {
                         self.stats.read_timeouts += 1;
                         if let Some(more) = self.log_read_timeout.allow(now) {
                             let partial = conn.rx().len();
-                            let state = match (*started, partial) {
-                                (false, 0) => "nothing received, not even the UUID",
-                                (false, _) => "a partial first frame, then nothing",
-                                (true, 0) => "no frame since the last one",
-                                (true, _) => "a partial frame, then nothing",
+                            // (Before the UUID a connection is pending: `sweep_pending`.)
+                            let state = if partial == 0 {
+                                "no frame since the last one"
+                            } else {
+                                "a partial frame, then nothing"
                             };
                             tracing::warn!(
                                 shard = self.spec.index,
