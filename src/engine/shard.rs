@@ -157,7 +157,8 @@ pub struct ShardStats {
     pub calls_started: u64,
     /// Calls ended.
     pub calls_ended: u64,
-    /// Connections or sources refused (allowlist, max_calls).
+    /// Connections or sources refused (allowlist, max_calls, draining, too many
+    /// AudioSocket connections waiting for their UUID).
     pub refused: u64,
     /// Calls ended by a protocol error.
     pub protocol_errors: u64,
@@ -683,7 +684,7 @@ impl Shard {
         if !self.spec.audiosocket_allow.allows(peer.ip()) {
             self.stats.refused += 1;
             if let Some(more) = self.log_refused.allow(now) {
-                tracing::warn!(shard = self.spec.index, %peer, not_logged = more, "AudioSocket connection from a source not in audiosocket.allowed_remote_hosts refused (counted in voxd_refused_calls_total)");
+                tracing::warn!(shard = self.spec.index, not_logged = more, "AudioSocket connection from a source not in audiosocket.allowed_remote_hosts refused (counted in voxd_refused_calls_total)");
             }
             return;
         }
