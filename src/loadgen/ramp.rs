@@ -780,13 +780,13 @@ impl Drop for CommandEngine {
 /// Samples a process tree over the driver's measured window from its own thread
 /// (the driver samples one pid; an engine started through `sh -c` is a tree).
 struct TreeSampler {
-    stop: mpsc::Sender<()>,
+    stop: mpsc::SyncSender<()>,
     handle: std::thread::JoinHandle<Option<ProcSummary>>,
 }
 
 impl TreeSampler {
     fn start(pid: u32, calls: usize, ramp: Duration, window: Duration) -> io::Result<Self> {
-        let (stop, rx) = mpsc::channel::<()>();
+        let (stop, rx) = mpsc::sync_channel::<()>(1);
         let handle = std::thread::Builder::new()
             .name("loadgen-ramp-sampler".into())
             .spawn(move || {
