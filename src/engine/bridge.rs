@@ -373,6 +373,9 @@ pub enum ToShard {
     },
 }
 
+/// Most messages [`ControlEnd::try_recv_batch`] takes in one call (~1 KiB each).
+pub const MAX_RECV_BATCH: usize = 256;
+
 /// Errors of [`ControlEnd::recv_batch`].
 #[derive(Debug, Error)]
 pub enum BridgeError {
@@ -677,10 +680,12 @@ impl ControlEnd {
         }
     }
 
-    /// Appends every message available now to `out`, without waiting; returns how
-    /// many.
+    /// Appends the messages available now to `out`, at most [`MAX_RECV_BATCH`],
+    /// without waiting; returns how many. The cap keeps the caller's batch buffer
+    /// (and its resident memory) at a fixed size however far behind the control
+    /// side fell: the rest stays in the ring for the next call.
     pub fn try_recv_batch(&mut self, out: &mut Vec<ToControl>) -> usize {
-        let n = self.rx.slots();
+        let n = self.rx.slots().min(MAX_RECV_BATCH);
         out.reserve(n);
         let mut got = 0;
         while got < n {
@@ -929,6 +934,22 @@ mod tests {
         out.clear();
         c.try_recv_batch(&mut out);
         assert_eq!(out, vec![p(1, 300), p(2, 100), audio(1), p(1, 40)]);
+    }
+
+    #[test]
+    fn one_receive_takes_at_most_a_fixed_batch_and_leaves_the_rest_in_order() {
+        let (mut s, mut c) = link(3, 1024).unwrap();
+        for i in 0..600 {
+            assert!(s.push(played(i)));
+        }
+        let mut out = Vec::new();
+        let got: Vec<usize> = (0..4).map(|_| c.try_recv_batch(&mut out)).collect();
+        assert_eq!(
+            got,
+            vec![MAX_RECV_BATCH, MAX_RECV_BATCH, 600 - 2 * MAX_RECV_BATCH, 0]
+        );
+        let want: Vec<ToControl> = (0..600).map(played).collect();
+        assert_eq!(out, want);
     }
 
     #[test]
