@@ -7,7 +7,10 @@
 # usage: perf/ab.sh BIN_A BIN_B [CALLS] [RUNS]
 #   CALLS  concurrent calls (default 500); RUNS pairs (default 3)
 # env: as perf/loadgen.sh (SECONDS_PER_RUN default 10 here, RATE default 400,
-#      TRANSPORTS default "audiosocket rtp", BACKEND, THINK_MS, EXTRA).
+#      TRANSPORTS default "audiosocket rtp", BACKEND, THINK_MS, EXTRA);
+#      AB=loadgen: BIN_A and BIN_B are the binaries whose `loadgen` runs the load
+#      (voxd is the current release build both times), to compare load generators;
+#      EXTRA_A / EXTRA_B: loadgen arguments for one side only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$(realpath "$1"); B=$(realpath "$2")
@@ -24,7 +27,10 @@ for r in $(seq "$RUNS"); do
   for side in A B; do
     bin=$A; [[ $side == B ]] && bin=$B
     for t in $TRANSPORTS; do
-      VOXD_BIN=$bin TRANSPORTS=$t HEADER=0 OUT="$OUT/$side-$t-$r" perf/loadgen.sh "" "$CALLS" \
+      extra=${EXTRA_A:-}; [[ $side == B ]] && extra=${EXTRA_B:-}
+      if [[ ${AB:-voxd} == loadgen ]]; then which=LOADGEN_BIN; else which=VOXD_BIN; fi
+      env "$which=$bin" EXTRA="${EXTRA:-} $extra" TRANSPORTS=$t HEADER=0 OUT="$OUT/$side-$t-$r" \
+        perf/loadgen.sh "" "$CALLS" \
         | sed "s/^|/| $side |/" | tee -a "$rows"
     done
   done

@@ -10,7 +10,8 @@
 #      BACKEND (engine.io_backend of the generated config: auto, io_uring, epoll;
 #      default auto), EXTRA (extra loadgen arguments), OUT (directory for JSON and
 #      logs), HEADER (0: no table header), VOXD_BIN (the voxd binary to serve with;
-#      default the fresh release build, which always runs the load generator).
+#      default the fresh release build), LOADGEN_BIN (the binary whose `loadgen`
+#      runs the load; default the fresh release build).
 #
 # The config's audiosocket.format must be slin16 (or pass EXTRA="--rate-hz 8000" with
 # format: slin) and external_media.codec ulaw (or EXTRA="--codec alaw").
@@ -39,6 +40,7 @@ command -v jq >/dev/null || { echo "perf/loadgen.sh needs jq" >&2; exit 1; }
 cargo build --release --bin voxd >&2
 BIN=target/release/voxd
 SERVE_BIN=${VOXD_BIN:-$BIN}
+LG_BIN=${LOADGEN_BIN:-$BIN}
 
 if [[ -z "$CONFIG" ]]; then
   CONFIG="$OUT/voxd.yaml"
@@ -75,7 +77,7 @@ for n in $CALLS; do
     [[ $t == rtp ]] && port=$RTP_PORT
     json="$OUT/$t-$n.json"
     # shellcheck disable=SC2086
-    "$BIN" loadgen --transport "$t" --port "$port" --calls "$n" --rate "$RATE" \
+    "$LG_BIN" loadgen --transport "$t" --port "$port" --calls "$n" --rate "$RATE" \
       --seconds "$SECS" --think-ms "$THINK_MS" --threads "$THREADS" --pid "$VOXD" \
       --json "$json" -q $EXTRA >"$OUT/$t-$n.txt" 2>&1 || { echo "| $t | $BK | $n | run failed: see $OUT/$t-$n.txt |"; continue; }
     jq -r --arg t "$t" --arg bk "$BK" '

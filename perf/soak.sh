@@ -80,40 +80,13 @@ free_port() {
   for _ in $(seq 200); do
     p=$(( 20000 + RANDOM % 30000 ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null \
-      && ! grep -qi ":$(printf '%04X' "$p") " /proc/net/tcp /proc/net/udp 2>/dev/null; then
+      && ! grep -qi ":$(printf '%04X' "$p") " /proc/net/tcp /proc/net/udp /proc/net/tcp6 /proc/net/udp6 2>/dev/null; then
       echo "$p"; return
     fi
   done
   echo "no free port found" >&2; exit 1
 }
-if [[ -n ${PORT_BASE:-} ]]; then
-  AS_PORT=$PORT_BASE RTP_PORT=$((PORT_BASE + 1)) HEALTH=$((PORT_BASE + 2))
-else
-  AS_PORT=$(free_port) RTP_PORT=$(free_port) HEALTH=$(free_port)
-fi
-
-cat >"$WORK/voxd.yaml" <<EOF
-default_provider: sim
-audiosocket: {host: 127.0.0.1, port: $AS_PORT, format: slin16}
-external_media: {rtp_host: 127.0.0.1, rtp_port: $RTP_PORT, codec: ulaw, idle_timeout_ms: 2000}
-health: {host: 127.0.0.1, port: $HEALTH}
-providers: {sim: {think_ms: $THINK_MS, reply_ms: 1500}}
-limits: {max_calls: $(( CALLS * 2 + 100 ))}
-logging: {level: warn}
-shutdown: {drain_seconds: 10}
-EOF
-
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-"$BIN" serve --config "$WORK/voxd.yaml" >"$NAME.voxd.log" 2>&1 &
-VOXD=$!
-LOADGEN=
-cleanup() {
-  [[ -n $LOADGEN ]] && kill "$LOADGEN" 2>/dev/null || true
-  kill -TERM "$VOXD" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 # GET a path from voxd's health port (no curl needed).
 http_get() {
@@ -125,11 +98,71 @@ http_get() {
   printf '%s\n' "$body"
 }
 
-for _ in $(seq 200); do
-  http_get /ready 2>/dev/null | head -1 | grep -q ' 200' && break
-  sleep 0.05
+# Start voxd on PORT_BASE..+2, or on three ports nothing uses now; a port taken
+# between the check and voxd's bind (another process, a test's lingering socket) is
+# retried on new ports. Waits up to READY_SECONDS for /ready; on failure the log's
+# tail goes to stderr so a CI run shows why.
+READY_SECONDS=${READY_SECONDS:-30}
+VOXD=
+LOADGEN=
+start_voxd() {
+  if [[ -n ${PORT_BASE:-} ]]; then
+    AS_PORT=$PORT_BASE RTP_PORT=$((PORT_BASE + 1)) HEALTH=$((PORT_BASE + 2))
+  else
+    AS_PORT=$(free_port) RTP_PORT=$(free_port) HEALTH=$(free_port)
+    while [[ $RTP_PORT == "$AS_PORT" ]]; do RTP_PORT=$(free_port); done
+    while [[ $HEALTH == "$AS_PORT" || $HEALTH == "$RTP_PORT" ]]; do HEALTH=$(free_port); done
+  fi
+  cat >"$WORK/voxd.yaml" <<EOF
+default_provider: sim
+audiosocket: {host: 127.0.0.1, port: $AS_PORT, format: slin16}
+external_media: {rtp_host: 127.0.0.1, rtp_port: $RTP_PORT, codec: ulaw, idle_timeout_ms: 2000}
+health: {host: 127.0.0.1, port: $HEALTH}
+providers: {sim: {think_ms: $THINK_MS, reply_ms: 1500}}
+limits: {max_calls: $(( CALLS * 2 + 100 ))}
+logging: {level: warn}
+shutdown: {drain_seconds: 10}
+EOF
+  "$BIN" serve --config "$WORK/voxd.yaml" >"$NAME.voxd.log" 2>&1 &
+  VOXD=$!
+  local deadline=$(( SECONDS + READY_SECONDS ))
+  while (( SECONDS < deadline )); do
+    http_get /ready 2>/dev/null | head -1 | grep -q ' 200' && return 0
+    kill -0 "$VOXD" 2>/dev/null || { wait "$VOXD" || true; return 2; }
+    sleep 0.05
+  done
+  return 1
+}
+
+cleanup() {
+  [[ -n $LOADGEN ]] && kill "$LOADGEN" 2>/dev/null || true
+  [[ -n $VOXD ]] && kill -TERM "$VOXD" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+started=0
+for attempt in 1 2 3; do
+  rc=0; start_voxd || rc=$?
+  if (( rc == 0 )); then started=1; break; fi
+  if (( rc == 2 )) && [[ -z ${PORT_BASE:-} ]] && grep -q 'already in use' "$NAME.voxd.log"; then
+    echo "soak: attempt $attempt: a port was taken before voxd bound it; new ports" >&2
+    continue
+  fi
+  break
 done
-http_get /ready 2>/dev/null | head -1 | grep -q ' 200' || { echo "voxd never ready; log: $NAME.voxd.log" >&2; exit 1; }
+if (( started == 0 )); then
+  if kill -0 "$VOXD" 2>/dev/null; then
+    echo "voxd not ready after ${READY_SECONDS}s (ports $AS_PORT/$RTP_PORT/$HEALTH); log: $NAME.voxd.log" >&2
+    kill -TERM "$VOXD" 2>/dev/null || true
+  else
+    echo "voxd exited before it was ready (ports $AS_PORT/$RTP_PORT/$HEALTH); log: $NAME.voxd.log" >&2
+  fi
+  echo "---- tail of the voxd log" >&2
+  tail -n 30 "$NAME.voxd.log" >&2
+  exit 1
+fi
+
 
 # Sum of every series of a metric family (labels ignored; $2 a label filter).
 metric() {

@@ -127,6 +127,12 @@ struct LoadgenArgs {
     /// Driver threads (each runs one event loop over its share of the calls).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Driver loop pacing while calls are up, like voxd's `engine.tick_ms`: sleep to
+    /// the next N ms boundary, then read every socket with data, fire the due timers
+    /// and send in one pass (0: wake on every readiness event, costlier at high call
+    /// counts). Arrival times are the kernel's receive stamps either way.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=5))]
+    tick_ms: u32,
     /// How calls reach voxd: `direct` (dial its AudioSocket / send RTP to it) or
     /// `ari` (run an ARI emulator that places callers into voxd's Stasis app; voxd
     /// originates the media legs; configure voxd's asterisk.host/port to --ari-listen
@@ -413,6 +419,7 @@ fn loadgen(a: LoadgenArgs) -> ExitCode {
         },
         pid: a.pid.or(spawned.as_ref().map(|s| s.pid())),
         progress: !a.quiet,
+        tick_ms: a.tick_ms,
     };
     let (out, ari) = match a.via {
         Via::Direct => (driver::run(&cfg), None),
@@ -507,6 +514,7 @@ fn loadgen_ramp(
         },
         pid: None,
         progress: !a.quiet,
+        tick_ms: a.tick_ms,
     };
     let env: Vec<(String, String)> = child_env
         .iter()

@@ -166,6 +166,7 @@ logging: {{level: warn}}
         },
         pid: None,
         progress: false,
+        tick_ms: 1,
     };
     let lg = std::thread::spawn(move || driver::run(&dcfg));
     std::thread::sleep(Duration::from_secs_f64(calls as f64 / rate + warm));

@@ -10,12 +10,13 @@
 //! [`Outcome`] (report, table, JSON).
 //!
 //! Must not: start a thread or task per call, sleep anywhere but in the backend wait
-//! (or, on the coordinating thread, in the channel wait), busy-wait for sub-ms
+//! or the paced loop's sleep to the next tick (`tick_ms`; on the coordinating thread,
+//! in the channel wait), busy-wait for sub-ms
 //! precision (pacing uses the ms wheel), or parse/build protocol bytes itself (that
 //! is [`Caller`]'s job). Setup errors (nothing listening, bad arguments) are
 //! returned as [`DriverError`]; a call that fails later is counted, not fatal.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use serde::Serialize;
 
 use super::caller::{Caller, CallerConfig, CallerError, Transport};
 use super::procstat::{ProcSample, ProcSummary};
+use super::rxstamp::{self, StampClock, StampedUdp};
 use super::signal::{CallerSource, SignalConfig, SpeechSignal, WavLoop};
 use super::stats::{Aggregate, CallStats, Report};
 use crate::engine::io::{self as eio, AnyBackend, Backend, BackendChoice, Events, Interest};
@@ -38,6 +40,8 @@ pub const PENDING_MAX: usize = 32 * 1024;
 /// Calls keep running this long after the measured window ends, so that the final
 /// `/proc` samples are taken with every call still up.
 pub const END_GRACE_US: u64 = 100_000;
+/// The steady window starts this long after the ramp ([`super::stats::StatsConfig::steady_from_us`]).
+pub const STEADY_AFTER_RAMP_US: u64 = 1_000_000;
 /// Refused sends/receives (ICMP port unreachable) with no frame ever received that
 /// make a thread give up: nothing is listening.
 const REFUSED_LIMIT: u64 = 3;
@@ -80,6 +84,11 @@ pub struct DriverConfig {
     pub pid: Option<u32>,
     /// Print a progress line on stderr every second.
     pub progress: bool,
+    /// Loop pacing while calls are up, as in voxd's shards: sleep to the next
+    /// `tick_ms` boundary, then read every socket that has data, fire the due timers
+    /// and send, in one pass (0: wake on every readiness event). Arrival times come
+    /// from the kernel's receive stamps either way ([`super::rxstamp`]).
+    pub tick_ms: u32,
 }
 
 impl DriverConfig {
@@ -600,9 +609,12 @@ struct Worker {
     counters: DriverCounters,
     calls_up: u64,
     rbuf: Vec<u8>,
-    /// Datagrams of one RTP leg per `recvmmsg`: a short batch means the socket is
-    /// empty, so a frame costs one call instead of a receive plus an `EAGAIN`.
-    ubatch: eio::UdpBatch,
+    /// Datagrams of one RTP leg per `recvmmsg`, with their kernel stamps: a short
+    /// batch means the socket is empty, so a frame costs one call instead of a
+    /// receive plus an `EAGAIN`.
+    ubatch: StampedUdp,
+    /// This turn's pairing of the driver clock with the kernel's stamp clock.
+    stamps: StampClock,
 }
 
 impl Worker {
@@ -622,7 +634,8 @@ impl Worker {
             counters: DriverCounters::default(),
             calls_up: 0,
             rbuf: vec![0; 64 * 1024],
-            ubatch: eio::UdpBatch::new(4),
+            ubatch: StampedUdp::new(),
+            stamps: StampClock::at(0),
             ctx,
         })
     }
@@ -678,7 +691,13 @@ impl Worker {
             } else if self.next_ramp < self.slots.len() {
                 next_ms = next_ms.min(self.ramp_us(self.next_ramp).div_ceil(1_000));
             }
+            let paced = self.ctx.cfg.tick_ms > 0 && self.calls_up > 0;
             let timeout = if full {
+                0
+            } else if paced {
+                // As voxd's shards: one pass per tick, so a burst of arriving frames
+                // costs one wake-up instead of one per readiness event.
+                eio::sleep_to_next_tick(u64::from(self.ctx.cfg.tick_ms));
                 0
             } else {
                 u32::try_from(next_ms.saturating_sub(now_ms)).unwrap_or(u32::MAX)
@@ -688,8 +707,10 @@ impl Worker {
                 .map_err(|e| DriverError::Setup(format!("epoll wait failed: {e}")))?;
             full = events.len() >= events.capacity();
 
-            // One clock read per turn, as in the engine's shard loop.
+            // One clock read per turn, as in the engine's shard loop; received frames
+            // are dated by their kernel stamps against it.
             let now_us = elapsed_us(self.ctx.t0);
+            self.stamps = StampClock::at(now_us);
             for i in 0..events.len() {
                 let ev = events.as_slice()[i];
                 let k = ev.token as usize;
@@ -697,7 +718,7 @@ impl Worker {
                     self.flush(k);
                 }
                 if ev.readable || ev.hup || ev.error {
-                    self.read(k, now_us, ev.hup || ev.error)?;
+                    self.read(k, ev.hup || ev.error)?;
                 }
             }
             due.clear();
@@ -772,6 +793,9 @@ impl Worker {
             None => CallerSource::Speech(SpeechSignal::with_config(seed, rate, cfg.signal)),
         };
         let mut ccfg = CallerConfig::new(cfg.transport, seed);
+        // The steady window: from one second after the ramp (every call up and past
+        // its set-up) to the end.
+        ccfg.stats.steady_from_us = Some((cfg.ramp_seconds() * 1e6) as u64 + STEADY_AFTER_RAMP_US);
         let (leg_conn, on_end) = match leg {
             Some(l) => {
                 ccfg.uuid = l.uuid;
@@ -802,6 +826,9 @@ impl Worker {
                 return Ok(());
             }
         };
+        // Without stamps (an old kernel) frames are dated when read: still correct,
+        // only quantised to the loop's tick.
+        let _ = rxstamp::enable(conn.fd());
         let interest = match conn {
             Conn::Tcp(_) => Interest::BOTH,
             Conn::Udp(_) => Interest::READABLE,
@@ -969,7 +996,7 @@ impl Worker {
     /// Reads what leg `k` holds: until `WouldBlock`, a short read (TCP) or a short
     /// batch (UDP), which means the socket is empty (the engine's readiness contract,
     /// `engine::io`); `to_end` (the peer hung up or errored): until `WouldBlock` or EOF.
-    fn read(&mut self, k: usize, now_us: u64, to_end: bool) -> Result<(), DriverError> {
+    fn read(&mut self, k: usize, to_end: bool) -> Result<(), DriverError> {
         let Some(slot) = self.slots[k].as_mut() else {
             return Ok(());
         };
@@ -977,12 +1004,15 @@ impl Worker {
         let mut refused = false;
         match &mut slot.conn {
             Conn::Tcp(s) => loop {
-                match s.read(&mut self.rbuf) {
-                    Ok(0) => {
+                match rxstamp::recv_stream(s.as_raw_fd(), &mut self.rbuf) {
+                    Ok((0, _)) => {
                         end = Some(EndReason::Voxd);
                         break;
                     }
-                    Ok(n) => match slot.caller.on_received(now_us, &self.rbuf[..n]) {
+                    Ok((n, stamp)) => match slot
+                        .caller
+                        .on_received(self.stamps.arrival_us(stamp), &self.rbuf[..n])
+                    {
                         Ok(f) => {
                             self.counters.frames_in += f as u64;
                             if slot.caller.is_hung_up() {
@@ -1007,18 +1037,18 @@ impl Worker {
                 }
             },
             Conn::Udp(s) => loop {
-                match eio::recv_batch(s, &mut self.ubatch) {
+                match self.ubatch.recv(s.as_raw_fd()) {
                     Ok(n) => {
                         for i in 0..n {
-                            let (data, _) = self.ubatch.get(i);
-                            match slot.caller.on_received(now_us, data) {
+                            let (data, stamp) = self.ubatch.get(i);
+                            match slot.caller.on_received(self.stamps.arrival_us(stamp), data) {
                                 Ok(f) => self.counters.frames_in += f as u64,
                                 // Counted as a bad frame by the caller; keep going.
                                 Err(CallerError::Rtp(_)) => {}
                                 Err(_) => {}
                             }
                         }
-                        if n < self.ubatch.capacity() {
+                        if n < rxstamp::UDP_BATCH {
                             break;
                         }
                     }
@@ -1104,6 +1134,7 @@ mod tests {
             signal: SignalConfig::default(),
             pid: None,
             progress: false,
+            tick_ms: 1,
         }
     }
 

@@ -9,7 +9,8 @@
 //!
 //! The socket side is in [`driver`] (the epoll load driver that runs the calls) and
 //! [`ari_emu`] (an Asterisk ARI emulator on tokio: REST, events WebSocket, media legs
-//! that really connect to voxd).
+//! that really connect to voxd); [`rxstamp`] reads the kernel's receive stamps, so
+//! that arrival times do not depend on when the driver's loop read the socket.
 //!
 //! Must not: read the clock or open sockets in the sans-IO blocks (`signal`,
 //! `stats`, `caller`: every time is passed in as microseconds on the load
@@ -24,6 +25,7 @@ pub mod procstat;
 pub mod provider_run;
 pub mod provsim;
 pub mod ramp;
+pub mod rxstamp;
 pub mod signal;
 pub mod spawn;
 pub mod stats;

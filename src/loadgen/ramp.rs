@@ -154,6 +154,11 @@ pub struct StepResult {
     pub p999_dev_ms: f64,
     /// Largest, ms.
     pub max_dev_ms: f64,
+    /// p99 over the steady window only (from one second after the ramp: call
+    /// set-up left out), ms; `None` when the window was empty.
+    pub steady_p99_dev_ms: Option<f64>,
+    /// p99.9 over the steady window only, ms.
+    pub steady_p999_dev_ms: Option<f64>,
     /// Intervals measured.
     pub intervals: u64,
     /// Gaps (late in speech + silent gaps).
@@ -190,6 +195,8 @@ impl StepResult {
             p99_dev_ms: 0.0,
             p999_dev_ms: 0.0,
             max_dev_ms: 0.0,
+            steady_p99_dev_ms: None,
+            steady_p999_dev_ms: None,
             intervals: 0,
             gaps: 0,
             late_frames: 0,
@@ -224,6 +231,8 @@ impl StepResult {
             p99_dev_ms: ms(d.p99),
             p999_dev_ms: ms(d.p999),
             max_dev_ms: ms(d.max),
+            steady_p99_dev_ms: report.steady_dev_us.map(|p| ms(p.p99)),
+            steady_p999_dev_ms: report.steady_dev_us.map(|p| ms(p.p999)),
             intervals: d.count,
             gaps: report.gaps,
             late_frames: report.counts.late_frames,
@@ -390,22 +399,24 @@ fn verdict(s: &StepResult) -> String {
 }
 
 /// The column heads of a step table.
-const STEP_HEAD: &str = "| calls | p50 dev ms | p99 dev ms | p99.9 dev ms | gaps | cpu us/call-s | cores | rss KiB/call | rss MiB | loadgen cores | loadgen late ticks | SLO |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const STEP_HEAD: &str = "| calls | p50 dev ms | p99 dev ms | p99.9 dev ms | steady p99 / p99.9 ms | gaps | cpu us/call-s | cores | rss KiB/call | rss MiB | loadgen cores | loadgen late ticks | SLO |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 fn step_row(s: &StepResult) -> String {
     if let Some(e) = &s.error {
         return format!(
-            "| {} | error: {} | | | | | | | | | | error |\n",
+            "| {} | error: {} | | | | | | | | | | | error |\n",
             s.calls,
             e.replace('|', "/").replace('\n', " ")
         );
     }
     format!(
-        "| {} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| {} | {:.3} | {:.3} | {:.3} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
         s.calls,
         s.p50_dev_ms,
         s.p99_dev_ms,
         s.p999_dev_ms,
+        opt(s.steady_p99_dev_ms, 3),
+        opt(s.steady_p999_dev_ms, 3),
         s.gaps,
         opt(s.cpu_us_per_call_second, 0),
         opt(s.cores, 2),
@@ -506,7 +517,9 @@ impl RampReport {
         }
         s.push_str(
             "\nColumns: deviation of the engine's frame inter-arrival from 20 ms at the \
-             caller (ms); gaps: agent audio that stopped while the agent had audio \
+             caller (ms), over each call's whole life (what the SLO judges) and, beside \
+             it, over the steady window only (from 1 s after the ramp, call set-up left \
+             out); gaps: agent audio that stopped while the agent had audio \
              queued; cpu: engine CPU per call-second over the window (process tree for \
              a command); rss KiB/call: RSS growth from before the step's first call to \
              the end of the window, per call; loadgen: the load generator's own CPU and \

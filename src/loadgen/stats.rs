@@ -15,7 +15,9 @@
 //! # Definitions
 //!
 //! All times are on the load generator's clock: "sent" is when the caller produced a
-//! frame, "arrival" is when a frame voxd sent was read off the socket.
+//! frame, "arrival" is when a frame voxd sent reached the load generator's socket
+//! (the kernel's receive stamp, `loadgen::rxstamp`; when read, where the kernel gives
+//! no stamp).
 //!
 //! * **Agent audio frame**: a 20 ms frame from voxd whose samples are not all
 //!   (near-)silent; the caller decides this. Anything else voxd sends is a **silent
@@ -124,6 +126,11 @@ pub struct StatsConfig {
     /// Longest silent run inside one agent utterance, ms, from the last audio frame
     /// to the next (default 1,000); a longer one separates two replies.
     pub max_gap_ms: u32,
+    /// Frames arriving at or after this time (load generator clock, us) are also
+    /// counted in the steady-window deviation ([`Report::steady_dev_us`]): the
+    /// driver sets it to one second after the ramp, so that call set-up is out of
+    /// it. `None`: no steady window.
+    pub steady_from_us: Option<u64>,
 }
 
 impl Default for StatsConfig {
@@ -131,6 +138,7 @@ impl Default for StatsConfig {
         StatsConfig {
             caller_hangover_frames: 10,
             max_gap_ms: 1_000,
+            steady_from_us: None,
         }
     }
 }
@@ -268,6 +276,9 @@ pub struct CallStats {
     start_us: u64,
     counts: Counts,
     deviation: Histogram<u32>,
+    /// Deviation of the frames in the steady window (allocated with the call when
+    /// there is one).
+    steady: Option<Histogram<u32>>,
     first_audio_us: Option<u64>,
     turns: Events,
     barge_ins: Events,
@@ -309,6 +320,7 @@ impl CallStats {
             start_us,
             counts: Counts::default(),
             deviation: new_call_hist(),
+            steady: cfg.steady_from_us.map(|_| new_call_hist()),
             first_audio_us: None,
             turns: Events::default(),
             barge_ins: Events::default(),
@@ -407,6 +419,11 @@ impl CallStats {
             let dev = dt.abs_diff(FRAME_US).clamp(1, MAX_TRACKED_US);
             // hdrhistogram's lowest bound is 1: a 0 us deviation is recorded as 1.
             self.deviation.saturating_record(dev);
+            if let (Some(h), Some(from)) = (self.steady.as_mut(), self.cfg.steady_from_us) {
+                if arrival_us >= from {
+                    h.saturating_record(dev);
+                }
+            }
             if dt > LATE_US {
                 late = true;
                 c.late_frames += 1;
@@ -491,6 +508,7 @@ pub struct Aggregate {
     calls: u64,
     counts: Counts,
     deviation: Histogram<u64>,
+    steady: Histogram<u64>,
     first_audio: Histogram<u64>,
     turn: Histogram<u64>,
     barge_in: Histogram<u64>,
@@ -532,6 +550,7 @@ impl Aggregate {
             calls: 0,
             counts: Counts::default(),
             deviation: new_hist(AGGREGATE_SIGFIG),
+            steady: new_hist(AGGREGATE_SIGFIG),
             first_audio: new_hist(AGGREGATE_SIGFIG),
             turn: new_hist(AGGREGATE_SIGFIG),
             barge_in: new_hist(AGGREGATE_SIGFIG),
@@ -546,6 +565,12 @@ impl Aggregate {
             // Each per-call bucket lands at its highest equivalent value (<= 1% high).
             self.deviation
                 .saturating_record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
+        }
+        if let Some(h) = &other.steady {
+            for v in h.iter_recorded() {
+                self.steady
+                    .saturating_record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
+            }
         }
         if let Some(v) = other.first_audio_us {
             self.first_audio
@@ -585,6 +610,7 @@ impl Aggregate {
                 0.0
             },
             inter_arrival_dev_us: Percentiles::of(&self.deviation),
+            steady_dev_us: (!self.steady.is_empty()).then(|| Percentiles::of(&self.steady)),
             first_audio_us: Percentiles::of(&self.first_audio),
             turn_us: turn,
             think_ms,
@@ -658,8 +684,12 @@ pub struct Report {
     pub gaps: u64,
     /// RTP lost / expected (0 without RTP).
     pub rtp_loss_ratio: f64,
-    /// Deviation of voxd's frame inter-arrival from 20 ms.
+    /// Deviation of voxd's frame inter-arrival from 20 ms, over each call's whole
+    /// life (call set-up included): what the SLO verdict judges.
     pub inter_arrival_dev_us: Percentiles,
+    /// The same over the steady window only (from one second after the ramp; see
+    /// [`StatsConfig::steady_from_us`]), shown beside it; `None` without one.
+    pub steady_dev_us: Option<Percentiles>,
     /// Call start -> first agent audio.
     pub first_audio_us: Percentiles,
     /// End of caller spurt -> first agent audio of the reply.
@@ -755,6 +785,9 @@ impl Report {
             "ms", "count", "p50", "p90", "p99", "p99.9", "max"
         );
         s.push_str(&row("inter-arrival deviation", &self.inter_arrival_dev_us));
+        if let Some(p) = &self.steady_dev_us {
+            s.push_str(&row("  steady window only", p));
+        }
         s.push_str(&row("first audio", &self.first_audio_us));
         s.push_str(&row("turn", &self.turn_us));
         s.push_str(&row(
@@ -874,6 +907,36 @@ mod tests {
         assert!(r.inter_arrival_dev_us.max <= 1);
         assert_eq!(r.gaps, 0);
         assert!(r.slo().pass);
+    }
+
+    #[test]
+    fn the_steady_window_leaves_call_set_up_out_but_the_verdict_does_not() {
+        let cfg = StatsConfig {
+            steady_from_us: Some(1_000 * MS),
+            ..StatsConfig::default()
+        };
+        let mut s = CallStats::with_config(0, cfg);
+        let mut t = 0;
+        s.on_frame(t, false);
+        // 100 intervals: the 3rd is 35 ms (15 ms off, inside set-up), the rest exact.
+        for i in 0..100 {
+            t += if i == 2 { 35 * MS } else { 20 * MS };
+            s.on_frame(t, false);
+        }
+        let mut agg = Aggregate::new();
+        agg.merge(&s);
+        let r = agg.report(0);
+        assert!(r.inter_arrival_dev_us.max >= 15_000);
+        let steady = r.steady_dev_us.expect("frames after 1 s");
+        // Frames arriving at or after 1,000 ms: 1,015 .. 2,015 ms, every 20 ms.
+        assert_eq!(steady.count, 51);
+        assert!(steady.max <= 1, "steady max {}", steady.max);
+        assert!(!r.slo().pass, "the SLO judges the whole life");
+        assert!(r.to_table().contains("steady window only"));
+        // No window configured: no steady figures.
+        let mut plain = Aggregate::new();
+        plain.merge(&CallStats::new(0));
+        assert!(plain.report(0).steady_dev_us.is_none());
     }
 
     #[test]
