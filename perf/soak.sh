@@ -73,6 +73,7 @@ if [[ ${BUILD:-1} != 0 ]]; then
   cargo build --release --locked --bin voxd >&2
 fi
 BIN=target/release/voxd
+[[ -x $BIN ]] || { echo "soak: no $BIN (BUILD=0 needs a release build first)" >&2; exit 1; }
 
 # Ports: PORT_BASE..+2, or three that nothing uses now.
 free_port() {
