@@ -8,7 +8,9 @@
 # env: PROVIDERS (default "openai_realtime"), TRANSPORT (audiosocket | rtp,
 #      default audiosocket), SECONDS_PER_RUN (default 10), RATE (calls/s, default
 #      200), THINK_MS (default 300), REPLY_MS (default 1500), SIM_THREADS (default 1),
-#      OUT (directory for JSON and logs), HEADER (0: no table header).
+#      OUT (directory for JSON and logs), HEADER (0: no table header), VOXD_BIN
+#      (a voxd binary to run as both load generator and voxd, e.g. for an A/B of
+#      two builds; default: build and use target/release/voxd).
 # Columns as perf/loadgen.sh; "sim cores" is the load generator process, which
 # also runs the provider simulator.
 set -euo pipefail
@@ -27,8 +29,12 @@ OUT=${OUT:-$(mktemp -d /tmp/voxd-providers.XXXXXX)}
 mkdir -p "$OUT"
 
 command -v jq >/dev/null || { echo "perf/providers.sh needs jq" >&2; exit 1; }
-cargo build --release --bin voxd >&2
-BIN=target/release/voxd
+if [[ -n ${VOXD_BIN:-} ]]; then
+  BIN=$VOXD_BIN
+else
+  cargo build --release --bin voxd >&2
+  BIN=target/release/voxd
+fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 [[ $HEADER == 1 ]] && echo "| provider | transport | calls | p50 dev ms | p99 dev ms | p99.9 dev ms | gaps | turns unanswered | voxd cpu us/call-s | voxd cores | voxd rss KiB/call | loadgen+sim cores | loadgen late ticks | violations | SLO |"

@@ -241,7 +241,7 @@ N=${#S[@]}
 if (( N < 2 )); then echo "too few samples after the warm-up ($N): lengthen DURATION" >&2; exit 1; fi
 printf '%s\n' "${S[@]}" >"$WORK/post"
 SUMMARY=$(awk -F, -v max="$RSS_MAX" -v slack="$FD_SLACK" -v n="$N" '
-  { t[NR]=$1; rss[NR]=$2; fo[NR]=$6; th[NR]=$7; fd[NR]=$4; calls[NR]=$8; tasks[NR]=$9; err[NR]=$10; uf[NR]=$11; lost[NR]=$12 }
+  { t[NR]=$1; rss[NR]=$2; fo[NR]=$6; th[NR]=$7; fd[NR]=$4; calls[NR]=$8; tasks[NR]=$9; err[NR]=$10; uf[NR]=$11; lost[NR]=$12; ended[NR]=$14 }
   END {
     k = (n >= 6) ? 3 : 1
     for (i = 1; i <= k; i++) { a += rss[i]; b += rss[n - k + i] }
@@ -255,6 +255,8 @@ SUMMARY=$(awk -F, -v max="$RSS_MAX" -v slack="$FD_SLACK" -v n="$N" '
     }
     printf "post-warm-up samples: %d (t=%s..%s s)\n", n, t[1], t[n]
     printf "RSS KiB: first %d, last %d, min %d, max %d; mean of first %d %.0f, of last %d %.0f: drift %+.2f %% (limit %s %%)\n", rss[1], rss[n], rmin, rmax, k, a, k, b, g, max
+    ce = ended[n] - ended[1]
+    if (ce > 0) printf "RSS growth per call ended in the window: %+.0f KiB over %d calls = %+.2f KiB per call (an upper bound on a per-call leak)\n", b - a, ce, (b - a) / ce
     printf "fds (minus AudioSocket connections): min %d, max %d (slack %d); fds with calls: first %d, last %d\n", fmin, fmax, slack, fd[1], fd[n]
     printf "threads: min %d, max %d\n", tmin, tmax
     printf "calls up: first %d, last %d; tokio tasks: first %d, last %d\n", calls[1], calls[n], tasks[1], tasks[n]
