@@ -584,6 +584,11 @@ impl Session<'_> {
         // The opening is queued but not flushed yet.
         let mut need_flush = true;
         let mut live = Liveness::new(self.s.read_timeout);
+        // One timer for the session's life: it fires at a deadline that may have
+        // moved later since (something was heard), `due` then says so and the timer
+        // is re-armed, instead of a timer registered and cancelled per wake-up.
+        let live_timer = tokio::time::sleep_until(live.next_at());
+        tokio::pin!(live_timer);
         loop {
             let wake = {
                 let net = poll_fn(|cx| {
@@ -597,7 +602,7 @@ impl Session<'_> {
                 tokio::select! {
                     w = net => w,
                     ev = events.recv(), if !need_flush => Wake::Caller(ev),
-                    () = tokio::time::sleep_until(live.next_at()) => Wake::Live,
+                    () = &mut live_timer => Wake::Live,
                 }
             };
             if matches!(wake, Wake::Net(Some(Ok(_)))) {
@@ -621,20 +626,24 @@ impl Session<'_> {
                     return SessionEnd::failed(closed_by_server(f.as_ref(), "mid-call"));
                 }
                 Wake::Net(Some(Ok(msg))) => self.on_message(msg).await,
-                Wake::Live => match live.due(NAME) {
-                    Ok(true) => match ws.feed(Message::Ping(Vec::new())).await {
-                        Ok(()) => {
-                            need_flush = true;
-                            Ok(())
+                Wake::Live => {
+                    let due = live.due(NAME);
+                    live_timer.as_mut().reset(live.next_at());
+                    match due {
+                        Ok(true) => match ws.feed(Message::Ping(Vec::new())).await {
+                            Ok(()) => {
+                                need_flush = true;
+                                Ok(())
+                            }
+                            Err(e) => Err(SessionEnd::failed(lost(&e))),
+                        },
+                        Ok(false) => Ok(()),
+                        Err(e) => {
+                            tracing::warn!(call_id = self.call_id, error = %e, "provider read deadline passed; ending the session");
+                            Err(SessionEnd::failed(e))
                         }
-                        Err(e) => Err(SessionEnd::failed(lost(&e))),
-                    },
-                    Ok(false) => Ok(()),
-                    Err(e) => {
-                        tracing::warn!(call_id = self.call_id, error = %e, "provider read deadline passed; ending the session");
-                        Err(SessionEnd::failed(e))
                     }
-                },
+                }
                 Wake::Caller(None) => Err(SessionEnd::new(EndReason::ChannelClosed)),
                 Wake::Caller(Some(ev)) => match self.on_caller(ws, ev).await {
                     Ok(sent) => {
