@@ -248,6 +248,28 @@ mod tests {
     use std::net::{TcpListener, TcpStream, UdpSocket};
     use std::os::fd::AsRawFd;
 
+    /// Waits until the kernel stamps received packets. The first `SO_TIMESTAMP*`
+    /// socket of the whole system turns stamping on through a deferred work item
+    /// (`net_enable_timestamp`), so packets that arrive in the moment after the
+    /// first `enable` carry no stamp (the load generator then uses its own clock);
+    /// a test that expects stamps must not race that switch. Call it after enabling
+    /// the test's own socket, which keeps stamping on once this probe is dropped.
+    fn until_stamping_is_on() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable(rx.as_raw_fd()).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut b = StampedUdp::new();
+        for _ in 0..5000 {
+            tx.send_to(&[0; 8], rx.local_addr().unwrap()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let n = b.recv(rx.as_raw_fd()).unwrap();
+            if (0..n).any(|i| b.get(i).1.is_some()) {
+                return;
+            }
+        }
+        panic!("the kernel never stamped a received datagram in 5 s");
+    }
+
     #[test]
     fn arrival_is_now_minus_the_age_of_the_stamp() {
         let c = StampClock::fixed(50_000, 1_000_000_000_000);
@@ -263,6 +285,7 @@ mod tests {
     fn udp_datagrams_come_back_with_a_stamp_before_now() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         enable(rx.as_raw_fd()).unwrap();
+        until_stamping_is_on();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let before = realtime_ns();
         for i in 0..6u8 {
@@ -294,6 +317,7 @@ mod tests {
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         enable(s.as_raw_fd()).unwrap();
+        until_stamping_is_on();
         let mut buf = [0u8; 1024];
         let e = recv_stream(s.as_raw_fd(), &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
