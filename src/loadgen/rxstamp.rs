@@ -94,6 +94,10 @@ fn realtime_ns() -> i128 {
     };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ns(&ts)
+}
+
+fn ns(ts: &libc::timespec) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
@@ -110,7 +114,7 @@ unsafe fn stamp_of(hdr: &libc::msghdr) -> Option<i128> {
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
                 let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                return Some(i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec));
+                return Some(ns(&ts));
             }
             c = libc::CMSG_NXTHDR(hdr, c);
         }
@@ -175,30 +179,10 @@ impl StampedUdp {
             hdrs[i].msg_hdr.msg_control = self.ctrl[i].as_mut_ptr().cast();
             hdrs[i].msg_hdr.msg_controllen = std::mem::size_of_val(&self.ctrl[i]) as _;
         }
-        let n = loop {
-            // SAFETY: `hdrs` holds UDP_BATCH initialised headers whose iovecs and
-            // control buffers point into `self` (borrowed mutably for the call) and
-            // into `iovs` on this stack frame, all sized as declared; a null timeout
-            // is allowed.
-            let rc = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    hdrs.as_mut_ptr(),
-                    UDP_BATCH as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if rc >= 0 {
-                break rc as usize;
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(0),
-                _ => return Err(err),
-            }
-        };
+        // SAFETY: `hdrs` holds UDP_BATCH initialised headers whose iovecs and
+        // control buffers point into `self` (borrowed mutably for the call) and into
+        // `iovs` on this stack frame, all sized as declared.
+        let n = unsafe { crate::engine::io::recvmmsg_dontwait(fd, &mut hdrs) }?;
         for (i, hdr) in hdrs.iter().enumerate().take(n.min(UDP_BATCH)) {
             self.lens[i] = (hdr.msg_len as usize).min(UDP_SLOT);
             // SAFETY: the kernel filled header i's control data in this call; the

@@ -58,7 +58,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 pub use epoll::EpollBackend;
-pub use udp::{recv_batch, send_batch, SendOutcome, UdpBatch, DATAGRAM_MAX};
+pub use udp::{recv_batch, recvmmsg_dontwait, send_batch, SendOutcome, UdpBatch, DATAGRAM_MAX};
 pub use uring::UringBackend;
 
 /// Which readiness backend is running; shown in the log line at start-up and `/health`.

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Largest datagram a [`UdpBatch::new`] slot holds (Ethernet MTU). Bigger datagrams
 /// are received truncated and flagged by [`UdpBatch::is_truncated`].
@@ -258,6 +258,38 @@ fn read_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// One `recvmmsg(MSG_DONTWAIT)` into `hdrs`: the number of messages received,
+/// `Ok(0)` when nothing is queued (EAGAIN). EINTR is retried; other errors are
+/// returned. Shared by [`recv_batch`] and the load generator's stamped receive.
+///
+/// # Safety
+/// Every header in `hdrs` must describe buffers (iovecs, names, control data) that
+/// are valid, writable and sized as declared, and not used elsewhere during the call.
+pub unsafe fn recvmmsg_dontwait(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    loop {
+        // SAFETY: per this function's contract the headers and what they point at
+        // are valid for the kernel to write; a null timeout is allowed.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                hdrs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(err),
+        }
+    }
+}
+
 /// Receives up to `batch.capacity()` datagrams with one `recvmmsg(MSG_DONTWAIT)`,
 /// replacing whatever the batch held. Called after a readable event, repeatedly until
 /// it returns `Ok(0)` (the edge-triggered contract).
@@ -269,31 +301,11 @@ fn read_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 pub fn recv_batch(sock: &UdpSocket, batch: &mut UdpBatch) -> io::Result<usize> {
     batch.len = 0;
     batch.refresh_pointers();
-    let fd = sock.as_raw_fd();
-    let n = loop {
-        // SAFETY: `hdrs` holds `cap` initialised `mmsghdr`s whose iovecs and names
-        // point into buffers owned by `batch` and sized as declared; `batch` is
-        // borrowed mutably for the call so nothing else touches them. A null timeout
-        // is allowed.
-        let rc = unsafe {
-            libc::recvmmsg(
-                fd,
-                batch.hdrs.as_mut_ptr(),
-                batch.cap as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc >= 0 {
-            break rc as usize;
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(0),
-            _ => return Err(err),
-        }
-    };
+    let cap = batch.cap;
+    // SAFETY: `hdrs[..cap]` are initialised `mmsghdr`s whose iovecs and names point
+    // into buffers owned by `batch` and sized as declared (refreshed just above);
+    // `batch` is borrowed mutably for the call so nothing else touches them.
+    let n = unsafe { recvmmsg_dontwait(sock.as_raw_fd(), &mut batch.hdrs[..cap]) }?;
     // Compact in place: slot k of the kernel arrays -> entry `kept`.
     let mut kept = 0;
     for k in 0..n.min(batch.cap) {
